@@ -1,0 +1,203 @@
+"""Streaming inference: endless video, chunk by chunk, with constant memory (the paper's algorithm).
+
+    memory[i] for each denoising step i                       (Neighbor Forcing)
+    for chunk k = 0, 1, 2, ...:
+        if k >= 2: compress and shift every memory            (ConvKV: the window stays 14 frames)
+        x <- noise                                            [B, 16, 6 or 8, H, W]
+        for step i = 0, 1, 2:
+            v <- denoiser(x, t_i, memory[i], slot)            writes this chunk's keys into memory[i]
+            x <- x0 = x - t_i * v, re-noised to t_{i+1}
+        yield x                                               the chunk's clean latent
+
+At step i a chunk attends to what its predecessor wrote at the same step i, i.e. at the same noise
+level -- never to clean latents -- so inference sees what training saw. The first chunk is 6 latent
+frames whose frame 0 is the reference image (slots 0..5, the first two become the sink); every later
+chunk is 8 frames (32 video frames) at slots 6..13. Audio enters from step 1 on; audio guidance runs a
+second, null-audio pass with its own memories.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+
+from .memory import ConvKVMemory, MemoryLayout
+from .sampler import FlowSampler
+from .transformer import LiveActTransformer
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    layout: MemoryLayout = field(default_factory=MemoryLayout)
+    sampler: FlowSampler = field(default_factory=FlowSampler)
+    compression: Literal["conv", "mean"] = "conv"
+    value_filter: Literal["key", "value"] = "key"  # "key" = the released behaviour (see memory.py)
+    fp8_memory: bool = False
+    offload_memory: bool = False
+    audio_from_step: int = 1  # audio cross-attention is skipped on earlier (noisier) steps
+    audio_guidance: float = 1.0  # > 1: classifier-free guidance on the audio
+
+
+@dataclass(frozen=True)
+class PromptEdit:
+    """Use `text` (text-encoder tokens [B, L, text_dim]) for chunks start_chunk <= k < end_chunk."""
+
+    start_chunk: int
+    end_chunk: int | None
+    text: torch.Tensor
+
+
+@dataclass
+class Chunk:
+    index: int
+    latents: torch.Tensor  # clean latents [B, 16, frames, H, W]
+    video_frames: range  # which frames of the output video these latents decode to
+    seconds: float  # wall time of this chunk's denoising
+    memory_bytes: int  # all key/value memories of the session
+
+
+def audio_window(features: torch.Tensor, start: int, frames: int, context: int) -> torch.Tensor:
+    """Per-video-frame features [B, T, layers, channels] -> the window [B, frames, context, layers, channels]
+    of video frames start..start+frames-1, each with its neighbours -context//2..+context//2,
+    indices clamped to the available frames."""
+    if features.ndim != 4:
+        raise ValueError(f"audio features must be [B, T, layers, channels], got {list(features.shape)}")
+    half = context // 2
+    index = torch.arange(start, start + frames)[:, None] + torch.arange(-half, half + 1)[None]
+    return features[:, index.clamp(0, features.shape[1] - 1).to(features.device)]
+
+
+class StreamingSession:
+    """One endless stream: a portrait's conditioning, per-step memories, and the chunk loop.
+
+    Args:
+        model: the denoiser.
+        y: mask + reference latents of the whole window [B, in_dim - out_dim, window, H, W].
+        image: image-encoder tokens [B, image_tokens, image_dim].
+        text: text-encoder tokens [B, L, text_dim].
+        config: window layout, sampler, memory options, audio guidance.
+        generator: seeds the noise, for reproducible streams.
+        noise: draws a noise tensor of a given shape (defaults to torch.randn with `generator`).
+        edits: prompt switches by chunk range.
+        on_step: called as on_step(chunk, step, latents_in, velocity) after every denoising step.
+    """
+
+    def __init__(self, model: LiveActTransformer, y: torch.Tensor, image: torch.Tensor, text: torch.Tensor, *,
+                 config: StreamConfig = StreamConfig(), generator: torch.Generator | None = None,
+                 noise: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
+                 edits: Sequence[PromptEdit] = (),
+                 on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None):
+        cfg, lay = model.config, config.layout
+        expected = (cfg.in_dim - cfg.out_dim, lay.window)
+        if y.ndim != 5 or tuple(y.shape[1:3]) != expected:
+            raise ValueError(f"y must be [B, {expected[0]}, {expected[1]}, H, W] (the whole window), got {list(y.shape)}")
+        self.model, self.config, self.on_step = model, config, on_step
+        self.y = y.to(model.device, model.dtype)
+        self.batch, height, width = y.shape[0], y.shape[3], y.shape[4]
+        self.latent_shape = (self.batch, cfg.out_dim, height, width)
+        self.generator = generator
+        self.noise = noise or self._randn
+        with torch.no_grad():
+            self.context = model.embed_context(text.to(model.device), image.to(model.device))
+            self.edits = [(e.start_chunk, e.end_chunk, model.embed_context(e.text.to(model.device), image.to(model.device)))
+                          for e in edits]
+        tokens_per_frame = (height // cfg.patch_size[1]) * (width // cfg.patch_size[2])
+        make_memory = lambda: ConvKVMemory(  # noqa: E731
+            cfg.num_layers, tokens_per_frame, cfg.num_heads, cfg.dim // cfg.num_heads, batch_size=self.batch,
+            layout=lay, compression=config.compression, value_filter=config.value_filter,
+            fp8=config.fp8_memory, offload=config.offload_memory, dtype=model.dtype, device=model.device)
+        steps = config.sampler.num_steps
+        self.memories = [make_memory() for _ in range(steps)]  # Neighbor Forcing: one per step
+        guided = range(config.audio_from_step, steps) if config.audio_guidance != 1.0 else range(0)
+        self.null_memories = {step: make_memory() for step in guided}
+        self.chunk_index = 0
+
+    # -- geometry of the stream ----------------------------------------------------------------
+
+    @property
+    def window_video_frames(self) -> int:
+        """Video frames covered by the 14-latent-frame window: 1 + 4*13 = 53."""
+        return 1 + self.model.config.vae_scale * (self.config.layout.window - 1)
+
+    def chunk_video_frames(self, chunk: int) -> range:
+        """Video frames of chunk `chunk`: 0..20 for the first, then 32 per chunk."""
+        lay, scale = self.config.layout, self.model.config.vae_scale
+        first = 1 + scale * (lay.first_chunk - 1)
+        if chunk == 0:
+            return range(0, first)
+        start = first + scale * lay.chunk * (chunk - 1)
+        return range(start, start + scale * lay.chunk)
+
+    def audio_window_start(self, chunk: int) -> int:
+        """First video frame of the audio window of a chunk: the window ends where the chunk ends."""
+        return max(0, self.chunk_video_frames(chunk).stop - self.window_video_frames)
+
+    def chunks_for(self, video_frames: int) -> int:
+        """How many chunks it takes to cover `video_frames` frames."""
+        chunk = 0
+        while self.chunk_video_frames(chunk).stop < video_frames:
+            chunk += 1
+        return chunk + 1
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(m.nbytes for m in [*self.memories, *self.null_memories.values()])
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def stream(self, features: torch.Tensor, num_chunks: int | None = None) -> Iterator[Chunk]:
+        """Chunks driven by per-video-frame audio features [T, layers, channels] or [B, T, layers, channels]
+        (as many chunks as cover the audio unless `num_chunks` is given)."""
+        features = features if features.ndim == 4 else features.unsqueeze(0)
+        num_chunks = num_chunks or self.chunks_for(features.shape[1])
+        for _ in range(num_chunks):
+            start = self.audio_window_start(self.chunk_index)
+            yield self.next_chunk(audio_window(features, start, self.window_video_frames,
+                                               self.model.config.audio_window))
+
+    @torch.no_grad()
+    def next_chunk(self, audio: torch.Tensor) -> Chunk:
+        """Denoise the next chunk given its audio window [B, 53, audio_window, layers, channels]."""
+        began = time.perf_counter()
+        model, config, lay, k = self.model, self.config, self.config.layout, self.chunk_index
+        slot, frames = (0, lay.first_chunk) if k == 0 else (lay.chunk_slot, lay.chunk)
+        if k >= 2:  # the window is full: make room (chunk 1 filled slots 6..13)
+            for memory in [*self.memories, *self.null_memories.values()]:
+                memory.compress_and_shift(model.memory_filters())
+        audio = audio.to(model.device)
+        chunk_rows = slice(slot, slot + frames)
+        audio_tokens = model.project_audio(audio)[:, chunk_rows]
+        null_tokens = model.project_audio(torch.zeros_like(audio))[:, chunk_rows] if self.null_memories else None
+        y, context = self.y[:, :, chunk_rows], self._context(k)
+
+        sampler = config.sampler
+        x = self._draw((frames,))
+        for step, t in enumerate(sampler.timesteps[:-1]):
+            with_audio = step >= config.audio_from_step
+            velocity = model(x, t, y, context, audio_tokens if with_audio else None, self.memories[step], slot)
+            if step in self.null_memories:
+                null = model(x, t, y, context, null_tokens, self.null_memories[step], slot)
+                velocity = null + config.audio_guidance * (velocity - null)
+            if self.on_step is not None:
+                self.on_step(k, step, x, velocity)
+            last = step == sampler.num_steps - 1
+            x = sampler.step(x, velocity, step, None if last else self._draw((frames,)))
+        self.chunk_index += 1
+        return Chunk(k, x, self.chunk_video_frames(k), time.perf_counter() - began, self.memory_bytes)
+
+    def _context(self, chunk: int) -> torch.Tensor:
+        for start, end, context in reversed(self.edits):
+            if start <= chunk and (end is None or chunk < end):
+                return context
+        return self.context
+
+    def _draw(self, frames: tuple[int]) -> torch.Tensor:
+        b, c, h, w = self.latent_shape
+        return self.noise((b, c, *frames, h, w)).to(self.model.device, self.model.dtype)
+
+    def _randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        device = self.generator.device if self.generator is not None else self.model.device
+        return torch.randn(shape, generator=self.generator, device=device)
