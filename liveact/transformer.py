@@ -329,11 +329,11 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         x = self.patch_embedding(torch.cat([latents, y], dim=1).to(self.dtype))
         x = x.flatten(2).transpose(1, 2)  # [B, frames*tokens, dim]
         t = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(x.shape[0])
-        time_emb = self.time_embedding(timestep_embedding(self.config.freq_dim, t).to(self.dtype)).float()
-        time_mod = self.time_projection(time_emb).unflatten(1, (6, -1))  # [B, 6, dim]
+        time_emb = self.time_embedding(timestep_embedding(self.config.freq_dim, t).to(self.dtype))
+        time_mod = self.time_projection(time_emb).unflatten(1, (6, -1)).float()  # [B, 6, dim], modulation in fp32
         for layer, block in enumerate(self.blocks):
             x = block(x, time_mod, context, audio, grid, slot, memory, layer)
-        return self.unpatchify(self.head(x, time_emb), grid)
+        return self.unpatchify(self.head(x, time_emb.float()), grid)
 
     def _check_inputs(self, latents, y, context, audio) -> tuple[int, int, int]:
         cfg = self.config

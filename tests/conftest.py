@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from liveact.transformer import LiveActTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+# A tiny model of the real layout: 4 tokens per latent frame (4x4 latents), so ConvKV's
+# 5-token groups straddle frame boundaries as they do in the reference fixtures.
+TINY = dict(text_len=8, dim=32, ffn_dim=64, freq_dim=16, text_dim=16, num_heads=2, num_layers=2,
+            intermediate_dim=8, output_dim=8, context_tokens=2, image_dim=16, image_tokens=5,
+            audio_layers=2, audio_channels=8)
+LATENT_HW = (4, 4)
+
+
+def make_tiny_model(seed: int = 0, **overrides) -> LiveActTransformer:
+    torch.manual_seed(seed)
+    model = LiveActTransformer(**{**TINY, **overrides}).eval()
+    with torch.no_grad():  # a zero head predicts nothing: give it weights so outputs depend on inputs
+        model.head.head.weight.normal_(std=0.2)
+    return model
+
+
+def make_conditioning(model: LiveActTransformer, seed: int = 0, window: int = 14, video_frames: int = 200):
+    """Random y, image tokens, text tokens and audio features of the right shapes."""
+    cfg, g = model.config, torch.Generator().manual_seed(seed)
+    y = torch.randn(1, cfg.in_dim - cfg.out_dim, window, *LATENT_HW, generator=g)
+    image = torch.randn(1, cfg.image_tokens, cfg.image_dim, generator=g)
+    text = torch.randn(1, 5, cfg.text_dim, generator=g)
+    audio = torch.randn(video_frames, cfg.audio_layers, cfg.audio_channels, generator=g)
+    return y, image, text, audio
+
+
+@pytest.fixture
+def tiny_model() -> LiveActTransformer:
+    return make_tiny_model()
