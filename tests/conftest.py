@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from liveact.transformer import LiveActTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# fixtures and examples live beside the clone (never committed); LIVEACT_SHARED points elsewhere
+SHARED = Path(os.environ.get("LIVEACT_SHARED", ROOT.parent / "shared"))
 
 # A tiny model of the real layout: 4 tokens per latent frame (4x4 latents), so ConvKV's
 # 5-token groups straddle frame boundaries as they do in the reference fixtures.
