@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Literal, Sequence
 import torch
 
 from .memory import ConvKVMemory, MemoryLayout
+from .parallel import SequenceParallel
 from .sampler import FlowSampler
 from .transformer import LiveActTransformer
 
@@ -83,18 +84,20 @@ class StreamingSession:
         noise: draws a noise tensor of a given shape (defaults to torch.randn with `generator`).
         edits: prompt switches by chunk range.
         on_step: called as on_step(chunk, step, latents_in, velocity) after every denoising step.
+        parallel: sequence parallelism across ranks (each rank runs the same session).
     """
 
     def __init__(self, model: LiveActTransformer, y: torch.Tensor, image: torch.Tensor, text: torch.Tensor, *,
                  config: StreamConfig = StreamConfig(), generator: torch.Generator | None = None,
                  noise: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
                  edits: Sequence[PromptEdit] = (),
-                 on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None):
+                 on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+                 parallel: SequenceParallel | None = None):
         cfg, lay = model.config, config.layout
         expected = (cfg.in_dim - cfg.out_dim, lay.window)
         if y.ndim != 5 or tuple(y.shape[1:3]) != expected:
             raise ValueError(f"y must be [B, {expected[0]}, {expected[1]}, H, W] (the whole window), got {list(y.shape)}")
-        self.model, self.config, self.on_step = model, config, on_step
+        self.model, self.config, self.on_step, self.parallel = model, config, on_step, parallel
         self.y = y.to(model.device, model.dtype)
         self.batch, height, width = y.shape[0], y.shape[3], y.shape[4]
         self.latent_shape = (self.batch, cfg.out_dim, height, width)
@@ -105,8 +108,9 @@ class StreamingSession:
             self.edits = [(e.start_chunk, e.end_chunk, model.embed_context(e.text.to(model.device), image.to(model.device)))
                           for e in edits]
         tokens_per_frame = (height // cfg.patch_size[1]) * (width // cfg.patch_size[2])
+        heads = cfg.num_heads if parallel is None else cfg.num_heads // parallel.world  # each rank keeps its heads
         make_memory = lambda: ConvKVMemory(  # noqa: E731
-            cfg.num_layers, tokens_per_frame, cfg.num_heads, cfg.dim // cfg.num_heads, batch_size=self.batch,
+            cfg.num_layers, tokens_per_frame, heads, cfg.dim // cfg.num_heads, batch_size=self.batch,
             layout=lay, compression=config.compression, value_filter=config.value_filter,
             fp8=config.fp8_memory, offload=config.offload_memory, dtype=model.dtype, device=model.device)
         steps = config.sampler.num_steps
@@ -166,7 +170,7 @@ class StreamingSession:
         slot, frames = (0, lay.first_chunk) if k == 0 else (lay.chunk_slot, lay.chunk)
         if k >= 2:  # the window is full: make room (chunk 1 filled slots 6..13)
             for memory in [*self.memories, *self.null_memories.values()]:
-                memory.compress_and_shift(model.memory_filters())
+                memory.compress_and_shift(model.memory_filters(self.parallel))
         audio = audio.to(model.device)
         chunk_rows = slice(slot, slot + frames)
         audio_tokens = model.project_audio(audio)[:, chunk_rows]
@@ -177,9 +181,10 @@ class StreamingSession:
         x = self._draw((frames,))
         for step, t in enumerate(sampler.timesteps[:-1]):
             with_audio = step >= config.audio_from_step
-            velocity = model(x, t, y, context, audio_tokens if with_audio else None, self.memories[step], slot)
+            velocity = model(x, t, y, context, audio_tokens if with_audio else None, self.memories[step], slot,
+                             self.parallel)
             if step in self.null_memories:
-                null = model(x, t, y, context, null_tokens, self.null_memories[step], slot)
+                null = model(x, t, y, context, null_tokens, self.null_memories[step], slot, self.parallel)
                 velocity = null + config.audio_guidance * (velocity - null)
             if self.on_step is not None:
                 self.on_step(k, step, x, velocity)
@@ -196,7 +201,8 @@ class StreamingSession:
 
     def _draw(self, frames: tuple[int]) -> torch.Tensor:
         b, c, h, w = self.latent_shape
-        return self.noise((b, c, *frames, h, w)).to(self.model.device, self.model.dtype)
+        x = self.noise((b, c, *frames, h, w)).to(self.model.device, self.model.dtype)
+        return x if self.parallel is None else self.parallel.broadcast(x)
 
     def _randn(self, shape: tuple[int, ...]) -> torch.Tensor:
         device = self.generator.device if self.generator is not None else self.model.device

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from .parallel import SequenceParallel
 from .rope import apply_rope, rope_table
 
 
@@ -79,12 +80,14 @@ class SelfAttention(nn.Module):
         self.memory_proj_v = nn.Conv1d(dim, dim, memory_kernel, stride=memory_kernel, groups=dim, bias=False)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int], slot: int,
-                memory: KVWindow | None, layer: int) -> torch.Tensor:
+                memory: KVWindow | None, layer: int, parallel: SequenceParallel | None = None) -> torch.Tensor:
         frames, height, width = grid
         split = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))  # noqa: E731 [B, L, heads, head_dim]
         q = split(self.norm_q(self.q(x)))
         k = split(self.norm_k(self.k(x)))  # cached after the norm, before RoPE
         v = split(self.v(x))
+        if parallel is not None:  # my frames, all heads -> all frames, my heads
+            q, k, v = (parallel.sequence_to_heads(t) for t in (q, k, v))
         if memory is None:  # the chunk alone, at its own slots
             keys, values, key_slots = k, v, (slot, frames)
         else:
@@ -92,7 +95,10 @@ class SelfAttention(nn.Module):
             key_slots = (0, slot + frames)
         q = apply_rope(q, rope_table(self.head_dim, slot, frames, height, width, x.device))
         keys = apply_rope(keys, rope_table(self.head_dim, *key_slots, height, width, x.device))
-        return self.o(attention(q, keys, values.type_as(q)).flatten(2))
+        out = attention(q, keys, values.type_as(q))
+        if parallel is not None:
+            out = parallel.heads_to_sequence(out)
+        return self.o(out.flatten(2))
 
 
 class ImageTextCrossAttention(nn.Module):
@@ -150,14 +156,14 @@ class LiveActBlock(nn.Module):
         self.audio_cross_attn = AudioCrossAttention(dim, audio_dim, num_heads)
         self.norm_x = LayerNorm32(dim, eps, elementwise_affine=True) if norm_input_visual else nn.Identity()
 
-    def forward(self, x, time_mod, context, audio, grid, slot, memory, layer):
+    def forward(self, x, time_mod, context, audio, grid, slot, memory, layer, parallel=None):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + time_mod).chunk(6, dim=1)
         attn_in = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).type_as(x)
-        x = (x + self.self_attn(attn_in, grid, slot, memory, layer) * gate_sa).type_as(x)
+        x = (x + self.self_attn(attn_in, grid, slot, memory, layer, parallel) * gate_sa).type_as(x)
         x = x + self.cross_attn(self.norm3(x), context)
         if audio is not None:
             audio_out = self.audio_cross_attn(self.norm_x(x), audio)
-            if slot == 0:  # the reference frame of the first chunk takes no audio
+            if slot == 0 and (parallel is None or parallel.rank == 0):  # the reference frame takes no audio
                 audio_out[:, :grid[1] * grid[2]] = 0
             x = x + audio_out
         ffn_in = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).type_as(x)
@@ -302,15 +308,22 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
                              f"{expected[1]}, {expected[2]}], got {list(audio.shape)}")
         return self.audio_proj(audio.to(self.dtype))
 
-    def memory_filters(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's (key, value) ConvKV compression filters, for `ConvKVMemory.compress_and_shift`."""
-        return [(b.self_attn.memory_proj_k.weight, b.self_attn.memory_proj_v.weight) for b in self.blocks]
+    def memory_filters(self, parallel: SequenceParallel | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (key, value) ConvKV compression filters, for `ConvKVMemory.compress_and_shift`
+        (under sequence parallelism: the channels of this rank's heads)."""
+        channels = slice(None)
+        if parallel is not None:
+            heads, head_dim = parallel.heads(self.config.num_heads), self.config.dim // self.config.num_heads
+            channels = slice(heads.start * head_dim, heads.stop * head_dim)
+        return [(b.self_attn.memory_proj_k.weight[channels], b.self_attn.memory_proj_v.weight[channels])
+                for b in self.blocks]
 
     # -- one denoiser call -----------------------------------------------------------------------
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor | float, y: torch.Tensor,
                 context: torch.Tensor, audio: torch.Tensor | None = None,
-                memory: KVWindow | None = None, slot: int = 0) -> torch.Tensor:
+                memory: KVWindow | None = None, slot: int = 0,
+                parallel: SequenceParallel | None = None) -> torch.Tensor:
         """Predict the flow velocity of a chunk.
 
         Args:
@@ -322,18 +335,26 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
                 `project_audio` for the chunk's slots), or None to skip the audio module.
             memory: the ConvKV window of this denoising step, or None to attend within the chunk.
             slot: the chunk's first frame slot in the window (0 for the first chunk, 6 after).
+            parallel: split the chunk's frames over ranks (`parallel.py`); every rank gets the whole output.
         Returns:
             velocity [B, out_dim, frames, H, W].
         """
         grid = self._check_inputs(latents, y, context, audio)
         x = self.patch_embedding(torch.cat([latents, y], dim=1).to(self.dtype))
         x = x.flatten(2).transpose(1, 2)  # [B, frames*tokens, dim]
+        if parallel is not None:  # keep my frames
+            mine, tokens = parallel.frames(grid[0]), grid[1] * grid[2]
+            x = x[:, mine.start * tokens:mine.stop * tokens]
+            audio = None if audio is None else audio[:, mine]
         t = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(x.shape[0])
         time_emb = self.time_embedding(timestep_embedding(self.config.freq_dim, t).to(self.dtype))
         time_mod = self.time_projection(time_emb).unflatten(1, (6, -1)).float()  # [B, 6, dim], modulation in fp32
         for layer, block in enumerate(self.blocks):
-            x = block(x, time_mod, context, audio, grid, slot, memory, layer)
-        return self.unpatchify(self.head(x, time_emb.float()), grid)
+            x = block(x, time_mod, context, audio, grid, slot, memory, layer, parallel)
+        x = self.head(x, time_emb.float())
+        if parallel is not None:
+            x = parallel.gather_sequence(x)
+        return self.unpatchify(x, grid)
 
     def _check_inputs(self, latents, y, context, audio) -> tuple[int, int, int]:
         cfg = self.config

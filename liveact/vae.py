@@ -1,0 +1,115 @@
+"""Pixels <-> latents: the conditioning `y` of a portrait, and a decoder that streams chunk by chunk.
+
+Any video autoencoder with Wan's geometry (16 latent channels, 4x in time with the first frame alone,
+8x in space) serves: `WanVAE` wraps diffusers' `AutoencoderKLWan` (the 18B model's), and the tiny scale
+brings its own. Both give:
+
+- `condition(image, window)`: y = [4 mask channels | latents of (portrait + zero frames)] for the
+  14-latent-frame window, as the reference builds it;
+- `streaming_decoder()`: an object whose `decode(latents)` turns each chunk's latents into video frames
+  as they arrive, keeping the causal convolution cache between chunks so the result equals decoding the
+  whole sequence at once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+
+class StreamingDecoder(Protocol):
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, 16, F, h, w] -> video [B, 3, T, H, W] in [-1, 1]; T = 1 + 4(F-1) for
+        the first call, 4F after."""
+
+
+class VideoAutoencoder(Protocol):
+    temporal_ratio: int
+    spatial_ratio: int
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Video [B, 3, 1 + 4n, H, W] in [-1, 1] -> normalised latents [B, 16, 1 + n, H/8, W/8]."""
+
+    def streaming_decoder(self) -> StreamingDecoder: ...
+
+
+def condition(vae: VideoAutoencoder, image: torch.Tensor, window: int = 14) -> torch.Tensor:
+    """y for a portrait [B, 3, H, W] in [-1, 1]: [B, 4 + 16, window, H/8, W/8].
+
+    The portrait followed by zero frames fills the window's 1 + 4(window-1) video frames; the mask is 1
+    on the first latent frame (the portrait) and 0 elsewhere, one channel per video frame it covers.
+    """
+    frames = 1 + vae.temporal_ratio * (window - 1)
+    video = torch.cat([image[:, :, None], image.new_zeros(image.shape[0], 3, frames - 1, *image.shape[2:])], dim=2)
+    latents = vae.encode(video)
+    mask = torch.zeros(latents.shape[0], vae.temporal_ratio, *latents.shape[2:], dtype=latents.dtype, device=latents.device)
+    mask[:, :, 0] = 1
+    return torch.cat([mask, latents], dim=1)
+
+
+class WanVAE:
+    """diffusers' `AutoencoderKLWan` with Wan's latent normalisation and a streaming decoder."""
+
+    temporal_ratio, spatial_ratio = 4, 8
+
+    def __init__(self, vae: AutoencoderKLWan):
+        self.vae = vae.eval()
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        self.mean = torch.tensor(vae.config.latents_mean).view(shape)
+        self.std = torch.tensor(vae.config.latents_std).view(shape)
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> "WanVAE":
+        return cls(AutoencoderKLWan.from_pretrained(path, torch_dtype=dtype).to(device))
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean.to(z)) / self.std.to(z)
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.std.to(latents) + self.mean.to(latents)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        param = next(self.vae.parameters())
+        return self.normalize(self.vae.encode(video.to(param)).latent_dist.mode())
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence decode (diffusers' own path)."""
+        param = next(self.vae.parameters())
+        return self.vae.decode(self.denormalize(latents.to(param))).sample
+
+    def streaming_decoder(self) -> "WanStreamingDecoder":
+        return WanStreamingDecoder(self)
+
+
+class WanStreamingDecoder:
+    """Decodes latents chunk by chunk with one persistent causal cache.
+
+    diffusers' public `decode` clears the cache at entry and exit; here we drive `post_quant_conv` (a
+    1x1x1 convolution, so chunk-local) and the decoder one latent frame at a time, as `_decode` does,
+    but keep the cache list across calls. The first frame is flagged `first_chunk` (it is not upsampled
+    in time). Relies on diffusers internals: the version is pinned and a test compares with `decode`.
+    """
+
+    def __init__(self, wan: WanVAE):
+        self.wan = wan
+        self.cache = [None] * wan.vae._cached_conv_counts["decoder"]  # fixed length: memory stays constant
+        self.started = False
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.wan.vae
+        param = next(vae.parameters())
+        x = vae.post_quant_conv(self.wan.denormalize(latents.to(param)))
+        frames = []
+        for i in range(x.shape[2]):
+            frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self.cache, feat_idx=[0], first_chunk=not self.started))
+            self.started = True
+        video = torch.cat(frames, dim=2)
+        if vae.config.patch_size is not None:
+            video = unpatchify(video, patch_size=vae.config.patch_size)
+        return video.clamp(-1.0, 1.0)

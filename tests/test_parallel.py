@@ -1,0 +1,48 @@
+"""Sequence parallelism over 2 CPU processes (gloo) computes what one process computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import make_conditioning, make_tiny_model
+from liveact.parallel import SequenceParallel
+from liveact.stream import StreamConfig, StreamingSession
+
+CONFIG = StreamConfig(audio_guidance=1.5)  # null-audio memories and compression included
+CHUNKS = 4
+
+
+def stream(parallel=None) -> list[torch.Tensor]:
+    model = make_tiny_model()
+    y, image, text, audio = make_conditioning(model)
+    session = StreamingSession(model, y, image, text, config=CONFIG, parallel=parallel,
+                               generator=torch.Generator().manual_seed(1))
+    return [chunk.latents for chunk in session.stream(audio, num_chunks=CHUNKS)]
+
+
+def _rank(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        latents = stream(SequenceParallel(rank, world))
+        torch.save(latents, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one(tmp_path):
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "latents")), nprocs=2, join=True)
+    single = stream()
+    for rank in range(2):
+        split = torch.load(tmp_path / f"latents.{rank}")
+        errors = [(a - b).abs().max().item() for a, b in zip(split, single)]
+        print(f"rank {rank}: max abs difference to 1 process per chunk {errors}")
+        assert max(errors) < 1e-5
+
+
+def test_frames_must_split_evenly():
+    with pytest.raises(ValueError, match="cannot be split over 4 ranks"):
+        SequenceParallel(0, 4).frames(6)
