@@ -174,7 +174,7 @@ class ConvKVMemory:
         if self.compression == "mean":
             return x.view(batch, tokens // k, k, heads, head_dim).mean(dim=2)
         channels = x.reshape(batch, tokens, heads * head_dim).transpose(1, 2)  # [B, dim, tokens]
-        merged = F.conv1d(channels, conv_filter.to(x.dtype), stride=k, groups=heads * head_dim)
+        merged = F.conv1d(channels, conv_filter.to(x), stride=k, groups=heads * head_dim)
         return merged.transpose(1, 2).reshape(batch, tokens // k, heads, head_dim)
 
     def compress_and_shift(self, filters: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:

@@ -16,6 +16,7 @@ released values as defaults, so the same class builds the 18.9B model and the ti
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
@@ -33,6 +34,24 @@ class KVWindow(Protocol):
 
     def attend_window(self, layer: int, slot: int, keys: torch.Tensor, values: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class RopeTables:
+    """RoPE reset: queries rotate by the chunk's slots, keys by their window slots 0..slot+frames-1
+    (by the chunk's own slots when there is no memory). Built once per call, shared by the layers."""
+
+    queries: tuple[torch.Tensor, torch.Tensor]
+    keys: tuple[torch.Tensor, torch.Tensor]
+    tokens_per_frame: int
+
+    @classmethod
+    def for_chunk(cls, head_dim: int, grid: tuple[int, int, int], slot: int, with_memory: bool,
+                  device: torch.device) -> "RopeTables":
+        frames, height, width = grid
+        queries = rope_table(head_dim, slot, frames, height, width, device)
+        keys = rope_table(head_dim, 0, slot + frames, height, width, device) if with_memory else queries
+        return cls(queries, keys, height * width)
 
 
 class RMSNorm(nn.Module):
@@ -60,10 +79,45 @@ class LayerNorm32(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+_attention_kernel = _sdpa
+
+
+def set_attention_backend(name: str) -> None:
+    """"sdpa" (PyTorch, always available), "flash" (flash-attn) or "sage" (SageAttention), process-wide.
+    The optional kernels take fp16/bf16 CUDA tensors; other calls fall back to SDPA."""
+    global _attention_kernel
+    if name == "sdpa":
+        _attention_kernel = _sdpa
+        return
+    try:
+        if name == "flash":
+            from flash_attn import flash_attn_func as kernel  # [B, tokens, heads, head_dim] layout
+        elif name == "sage":
+            from sageattention import sageattn
+
+            def kernel(q, k, v):
+                return sageattn(q, k, v, tensor_layout="NHD")
+        else:
+            raise ValueError(f"unknown attention backend {name!r}: use sdpa, flash or sage")
+    except ImportError:
+        package = {"flash": "flash-attn", "sage": "sageattention"}[name]
+        raise ImportError(f"attention backend {name!r} needs `pip install {package}` (see requirements-gpu.txt)") from None
+
+    def dispatch(q, k, v):
+        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            return kernel(q, k.to(q.dtype), v.to(q.dtype))
+        return _sdpa(q, k, v)
+
+    _attention_kernel = dispatch
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Full (non-causal) attention on [B, tokens, heads, head_dim] tensors."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
+    return _attention_kernel(q, k, v)
 
 
 class SelfAttention(nn.Module):
@@ -79,22 +133,16 @@ class SelfAttention(nn.Module):
         self.memory_proj_k = nn.Conv1d(dim, dim, memory_kernel, stride=memory_kernel, groups=dim, bias=False)
         self.memory_proj_v = nn.Conv1d(dim, dim, memory_kernel, stride=memory_kernel, groups=dim, bias=False)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int, int], slot: int,
-                memory: KVWindow | None, layer: int, parallel: SequenceParallel | None = None) -> torch.Tensor:
-        frames, height, width = grid
+    def forward(self, x: torch.Tensor, rope: RopeTables, slot: int, memory: KVWindow | None, layer: int,
+                parallel: SequenceParallel | None = None) -> torch.Tensor:
         split = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))  # noqa: E731 [B, L, heads, head_dim]
         q = split(self.norm_q(self.q(x)))
         k = split(self.norm_k(self.k(x)))  # cached after the norm, before RoPE
         v = split(self.v(x))
         if parallel is not None:  # my frames, all heads -> all frames, my heads
             q, k, v = (parallel.sequence_to_heads(t) for t in (q, k, v))
-        if memory is None:  # the chunk alone, at its own slots
-            keys, values, key_slots = k, v, (slot, frames)
-        else:
-            keys, values = memory.attend_window(layer, slot, k, v)
-            key_slots = (0, slot + frames)
-        q = apply_rope(q, rope_table(self.head_dim, slot, frames, height, width, x.device))
-        keys = apply_rope(keys, rope_table(self.head_dim, *key_slots, height, width, x.device))
+        keys, values = (k, v) if memory is None else memory.attend_window(layer, slot, k, v)
+        q, keys = apply_rope(q, rope.queries), apply_rope(keys, rope.keys)
         out = attention(q, keys, values.type_as(q))
         if parallel is not None:
             out = parallel.heads_to_sequence(out)
@@ -156,15 +204,15 @@ class LiveActBlock(nn.Module):
         self.audio_cross_attn = AudioCrossAttention(dim, audio_dim, num_heads)
         self.norm_x = LayerNorm32(dim, eps, elementwise_affine=True) if norm_input_visual else nn.Identity()
 
-    def forward(self, x, time_mod, context, audio, grid, slot, memory, layer, parallel=None):
+    def forward(self, x, time_mod, context, audio, rope, slot, memory, layer, parallel=None):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + time_mod).chunk(6, dim=1)
         attn_in = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).type_as(x)
-        x = (x + self.self_attn(attn_in, grid, slot, memory, layer, parallel) * gate_sa).type_as(x)
+        x = (x + self.self_attn(attn_in, rope, slot, memory, layer, parallel) * gate_sa).type_as(x)
         x = x + self.cross_attn(self.norm3(x), context)
         if audio is not None:
             audio_out = self.audio_cross_attn(self.norm_x(x), audio)
             if slot == 0 and (parallel is None or parallel.rank == 0):  # the reference frame takes no audio
-                audio_out[:, :grid[1] * grid[2]] = 0
+                audio_out[:, :rope.tokens_per_frame] = 0
             x = x + audio_out
         ffn_in = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).type_as(x)
         return (x + self.ffn(ffn_in) * gate_ff).type_as(x)
@@ -234,6 +282,26 @@ def timestep_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+class _OffloadedBlock:
+    """A block's weights in host memory, copied to the device around each call (see enable_block_offload)."""
+
+    def __init__(self, block: nn.Module, device: torch.device):
+        self.device, self.params = device, list(block.parameters())
+        pin = device.type == "cuda"  # pinned memory makes the host-to-device copies asynchronous
+        self.host = [p.data.cpu().pin_memory() if pin else p.data.cpu() for p in self.params]
+        self.unload()
+        block.register_forward_pre_hook(lambda *_: self.load())
+        block.register_forward_hook(lambda *_: self.unload())
+
+    def load(self) -> None:
+        for param, host in zip(self.params, self.host):
+            param.data = host.to(self.device, non_blocking=True)
+
+    def unload(self) -> None:
+        for param, host in zip(self.params, self.host):
+            param.data = host
+
+
 class LiveActTransformer(ModelMixin, ConfigMixin):
     """Wan2.1-I2V DiT + audio module, denoising one chunk against a ConvKV memory window.
 
@@ -284,6 +352,17 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         for block in self.blocks:
             nn.init.constant_(block.self_attn.memory_proj_k.weight, 1 / self.config.memory_kernel)
             nn.init.constant_(block.self_attn.memory_proj_v.weight, 1 / self.config.memory_kernel)
+
+    def enable_block_offload(self, device: torch.device | str) -> None:
+        """Keep every block's weights in (pinned) CPU memory and copy each block to `device` just before
+        it runs, dropping it after: the GPU holds one block's weights instead of 40 (24-32 GB cards).
+        Everything outside the blocks moves to `device`."""
+        device = torch.device(device)
+        for name, child in self.named_children():
+            if name != "blocks":
+                child.to(device)
+        for block in self.blocks:
+            _OffloadedBlock(block, device)
 
     # -- conditioning, computed once and reused across calls ------------------------------------
 
@@ -349,8 +428,9 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         t = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(x.shape[0])
         time_emb = self.time_embedding(timestep_embedding(self.config.freq_dim, t).to(self.dtype))
         time_mod = self.time_projection(time_emb).unflatten(1, (6, -1)).float()  # [B, 6, dim], modulation in fp32
+        rope = RopeTables.for_chunk(self.config.dim // self.config.num_heads, grid, slot, memory is not None, x.device)
         for layer, block in enumerate(self.blocks):
-            x = block(x, time_mod, context, audio, grid, slot, memory, layer, parallel)
+            x = block(x, time_mod, context, audio, rope, slot, memory, layer, parallel)
         x = self.head(x, time_emb.float())
         if parallel is not None:
             x = parallel.gather_sequence(x)

@@ -41,3 +41,22 @@ def make_conditioning(model: LiveActTransformer, seed: int = 0, window: int = 14
 @pytest.fixture
 def tiny_model() -> LiveActTransformer:
     return make_tiny_model()
+
+
+EXAMPLES = SHARED / "examples"
+
+
+def example(name: str) -> Path:
+    """A file from ../shared/examples (real portraits and speech), or skip the test where it is absent."""
+    path = EXAMPLES / name
+    if not path.exists():
+        pytest.skip(f"missing example {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory) -> Path:
+    """A complete tiny random model folder in the real layout (see tests/random_model.py)."""
+    from random_model import build_random_model
+
+    return build_random_model(tmp_path_factory.mktemp("random-model"))

@@ -14,9 +14,9 @@ from conftest import ROOT
 OWN = {"liveact"}
 
 
-def requirement_names() -> set[str]:
+def requirement_names(file: str = "requirements.txt") -> set[str]:
     names = set()
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
+    for line in (ROOT / file).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             names.add(re.split(r"[<>=!~\[; ]", line)[0].lower().replace("_", "-"))
@@ -37,9 +37,10 @@ def imported_top_level_modules() -> set[str]:
 def test_every_import_is_stdlib_or_a_requirement():
     distributions = importlib.metadata.packages_distributions()
     required = requirement_names()
+    optional = requirement_names("requirements-gpu.txt")  # imported only when asked for (--attention)
     missing = {}
     for module in imported_top_level_modules():
-        if module in sys.stdlib_module_names:
+        if module in sys.stdlib_module_names or module.replace("_", "-") in optional:
             continue
         provided_by = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
         if not provided_by & required:

@@ -1,0 +1,125 @@
+"""Command line: `python -m liveact generate --image portrait.png --audio speech.wav --out talk.mp4`.
+
+Also runs the reference's example files: `python -m liveact generate --input-json examples.json --out outdir/`
+(entries with `prompt`, `cond_image`, `cond_audio` and optional `edit_prompt` {"[a, b]": "prompt"}).
+Under `torchrun --nproc-per-node 2` the chunk is split over the GPUs (sequence parallelism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def parse_edits(spec: dict[str, str]) -> list[tuple[int, int | None, str]]:
+    """{"[a, b]": prompt} (inclusive chunk ranges, as the reference) -> [(a, b + 1, prompt)]."""
+    edits = []
+    for chunk_range, prompt in spec.items():
+        try:
+            first, last = ast.literal_eval(chunk_range)
+            edits.append((int(first), int(last) + 1, str(prompt)))
+        except (ValueError, SyntaxError, TypeError):
+            raise SystemExit(f"error: edit range {chunk_range!r} is not '[first_chunk, last_chunk]'") from None
+    return edits
+
+
+def _jobs(args) -> list[dict]:
+    """One dict per video to make: from --input-json, or from --image/--audio."""
+    if args.input_json:
+        entries = json.loads(Path(args.input_json).read_text())
+        base = Path(args.input_json).parent
+        locate = lambda p: Path(p) if Path(p).exists() else base / p  # noqa: E731 (relative to cwd, else the json)
+        out_dir = Path(args.out or ".")
+        return [dict(image=locate(e["cond_image"]), audio=locate(e["cond_audio"]), prompt=e.get("prompt", args.prompt),
+                     edits=parse_edits(e.get("edit_prompt", {})),
+                     out=out_dir / f"{Path(e['cond_image']).stem}_{Path(e['cond_audio']).stem}.mp4")
+                for e in (entries if isinstance(entries, list) else [entries])]
+    if not (args.image and args.audio and args.out):
+        raise SystemExit("error: give --image, --audio and --out (or --input-json)")
+    edits = parse_edits(json.loads(Path(args.edit_json).read_text())) if args.edit_json else []
+    return [dict(image=Path(args.image), audio=Path(args.audio), prompt=args.prompt, edits=edits, out=Path(args.out))]
+
+
+def generate(args) -> int:
+    import torch
+
+    from .audio import AudioError
+    from .hub import LiveActError
+    from .pipeline import Options, load
+    from .stream import StreamConfig
+
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    stream = StreamConfig(compression="mean" if args.mean_memory else "conv", value_filter=args.value_filter,
+                          fp8_memory=args.fp8_memory, offload_memory=args.offload_memory, audio_guidance=args.audio_cfg)
+    options = Options(text_encoder_on_cpu=args.t5_cpu, compile=args.compile, attention=args.attention,
+                      block_offload=args.block_offload, stream=stream)
+    try:
+        jobs = _jobs(args)
+        for job in jobs:
+            for key in ("image", "audio"):
+                if not job[key].is_file():
+                    raise LiveActError(f"{key} file not found: {job[key]}.")
+        pipe = load(args.model, device=args.device, dtype=dtype, size=args.size, fps=args.fps, options=options)
+        rank0 = pipe.parallel is None or pipe.parallel.rank == 0
+        for job in jobs:
+            out = pipe.generate(job["image"], job["audio"], job["out"], prompt=job["prompt"], seed=args.seed,
+                                edits=job["edits"], progress=rank0)
+            if rank0:
+                print(out)
+    except (LiveActError, AudioError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m liveact", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="portrait + speech -> talking-head mp4 with the speech as sound")
+    gen.add_argument("--image", help="portrait (png, jpg, ...)")
+    gen.add_argument("--audio", help="speech (wav, mp3, m4a, flac, ogg, or a video's soundtrack)")
+    gen.add_argument("--out", help="output mp4 (a folder with --input-json)")
+    gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
+    gen.add_argument("--edit-json", help='prompt edits by chunk range: {"[2, 5]": "the person smiles"}')
+    gen.add_argument("--input-json", help="the reference's example format: a list of {prompt, cond_image, cond_audio, edit_prompt}")
+    gen.add_argument("--model", default="liveact-18b", help="preset (liveact-18b) or model folder")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--size", help="WIDTH*HEIGHT: 512*512, 416*720 or 480*832 (default: the model's)")
+    gen.add_argument("--fps", type=float, help="frames per second (default: the model's)")
+    gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda for liveact-18b, else cpu)")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on GPUs, fp32 on CPUs")
+    gen.add_argument("--audio-cfg", type=float, default=1.0, help="audio classifier-free guidance (1 = off)")
+    gen.add_argument("--mean-memory", action="store_true", help="compress the memory by a plain mean")
+    gen.add_argument("--value-filter", choices=["key", "value"], default="key",
+                     help="filter that compresses values: key = as released (default)")
+    gen.add_argument("--fp8-memory", action="store_true", help="store the key/value memory as fp8 (e4m3)")
+    gen.add_argument("--offload-memory", action="store_true", help="keep the key/value memory in CPU memory")
+    gen.add_argument("--block-offload", action="store_true", help="stream transformer blocks from CPU memory")
+    gen.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    gen.add_argument("--attention", choices=["sdpa", "flash", "sage"], default="sdpa", help="attention kernel")
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    return generate(args)
+
+
+def _quiet_libraries() -> None:
+    """Our progress bar and errors only: no per-part loading bars or install advice from the libraries."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The pipeline a user runs: portrait + speech (+ prompt) in, video frames out -- whole files or live.
+
+    pipe = liveact.load("liveact-18b", device="cuda", dtype=torch.bfloat16)
+    pipe.generate("portrait.png", "speech.wav", "out.mp4", prompt="a person is talking")
+
+    session = pipe.start("portrait.png", prompt="a person is talking", seed=42)
+    session.feed(samples, sample_rate)           # as the speech arrives
+    for chunk in session.chunks():                # as soon as each chunk's audio is there
+        show(chunk.frames)                        # uint8 [T, H, W, 3]
+
+The pipeline only orchestrates: encoders make the conditioning, `StreamingSession` denoises, the
+autoencoder's streaming decoder turns each chunk into frames.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, load_audio
+from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
+from .hub import Components, LiveActError, check_gpu, load_transformer, resolve
+from .parallel import SequenceParallel
+from .stream import PromptEdit, StreamConfig, StreamingSession
+from .transformer import LiveActTransformer, set_attention_backend
+from .vae import VideoAutoencoder, WanVAE, condition
+
+# the reference's resolutions, as (height, width); it names them width*height
+SIZES = {"512*512": (512, 512), "416*720": (720, 416), "720*416": (416, 720), "480*832": (832, 480)}
+
+
+def parse_size(size: str | Sequence[int]) -> tuple[int, int]:
+    """'W*H' (as the reference), or (height, width) -> (height, width), multiples of 16."""
+    if isinstance(size, str):
+        try:
+            width, height = (int(v) for v in size.lower().replace("x", "*").split("*"))
+        except ValueError:
+            raise LiveActError(f"size '{size}' is not WIDTH*HEIGHT, e.g. 512*512 or 416*720.") from None
+    else:
+        height, width = size
+    if height % 16 or width % 16:
+        raise LiveActError(f"size {width}*{height}: width and height must be multiples of 16.")
+    return height, width
+
+
+@dataclass
+class Options:
+    """How to run: each is also a flag of `python -m liveact generate`."""
+
+    device: str = "cpu"
+    dtype: torch.dtype | None = None  # None: bfloat16 on CUDA, float32 elsewhere
+    text_encoder_on_cpu: bool = False  # the reference's --t5_cpu
+    compile: bool = False  # torch.compile each transformer block
+    attention: str = "sdpa"  # "sdpa" | "flash" | "sage"
+    block_offload: bool = False  # stream transformer blocks from pinned CPU memory
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+
+@dataclass
+class VideoChunk:
+    index: int
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    first_frame: int  # index of frames[0] in the whole video
+    seconds: float  # denoise + decode wall time
+    memory_bytes: int
+
+
+class LiveActPipeline:
+    def __init__(self, transformer: LiveActTransformer, vae: VideoAutoencoder, image_encoder, text_encoder,
+                 featurizer: AudioFeaturizer, *, fps: float = 20, size: tuple[int, int] = (512, 512),
+                 options: Options | None = None, parallel: SequenceParallel | None = None, name: str = "liveact"):
+        self.transformer, self.vae = transformer, vae
+        self.image_encoder, self.text_encoder, self.featurizer = image_encoder, text_encoder, featurizer
+        self.fps, self.size, self.options, self.parallel, self.name = fps, size, options or Options(), parallel, name
+        cfg = transformer.config
+        if (featurizer.layers, featurizer.channels) != (cfg.audio_layers, cfg.audio_channels):
+            raise LiveActError(f"the audio featurizer gives {featurizer.layers}x{featurizer.channels} features and "
+                               f"the transformer expects {cfg.audio_layers}x{cfg.audio_channels}: the model folder is inconsistent.")
+
+    # -- conditioning ----------------------------------------------------------------------------
+
+    def _portrait(self, image: str | Path | Image.Image | np.ndarray) -> Image.Image:
+        if isinstance(image, (str, Path)):
+            try:
+                image = Image.open(image)
+            except (OSError, ValueError) as error:
+                raise LiveActError(f"cannot read the portrait {image}: {error}.") from None
+        return center_crop_resize(image, *self.size)
+
+    def start(self, image, prompt: str = "", seed: int = 42, edits: Sequence[tuple[int, int | None, str]] = (),
+              audio_stream: StreamingFeatures | None = None) -> "LiveSession":
+        """A live session for a portrait: feed it speech, take its chunks."""
+        portrait = self._portrait(image)
+        device = self.options.device
+        y = condition(self.vae, image_to_tensor(portrait).to(device), self.options.stream.layout.window)
+        image_tokens = self.image_encoder(portrait)
+        session = StreamingSession(
+            self.transformer, y, image_tokens, self.text_encoder(prompt), config=self.options.stream,
+            generator=torch.Generator().manual_seed(seed), parallel=self.parallel,
+            edits=[PromptEdit(start, end, self.text_encoder(text)) for start, end, text in edits])
+        features = audio_stream or StreamingFeatures(self.featurizer, self.fps,
+                                                     window_frames=session.window_video_frames,
+                                                     context=self.transformer.config.audio_window)
+        return LiveSession(self, session, features, portrait)
+
+    def generate(self, image, audio: str | Path, out: str | Path, prompt: str = "", seed: int = 42,
+                 edits: Sequence[tuple[int, int | None, str]] = (), progress: bool = True) -> Path:
+        """Whole file in, mp4 with the input audio out (frames written as they are decoded)."""
+        from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
+        from tqdm.auto import tqdm
+
+        samples = load_audio(audio)
+        features = featurize(self.featurizer, samples, 16000, self.fps)  # [frames, layers, channels]
+        total_frames = features.shape[0]
+        live = self.start(image, prompt, seed, edits)
+        chunks = live.session.chunks_for(total_frames)
+        if self.parallel is not None and self.parallel.rank != 0:  # helpers denoise; rank 0 decodes and writes
+            for _ in live.session.stream(features, num_chunks=chunks):
+                pass
+            return Path(out)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        height, width = self.size
+        writer = FFMPEG_VideoWriter(str(out), (width, height), self.fps, codec="libx264", audiofile=str(audio),
+                                    audio_codec="aac", preset="veryfast", pixel_format="yuv420p")
+        try:
+            bar = tqdm(total=chunks, unit="chunk", desc=f"{self.name} {total_frames / self.fps:.1f}s",
+                       disable=not progress)
+            for chunk in live.chunks_from_features(features, chunks):
+                for frame in chunk.frames[:max(0, total_frames - chunk.first_frame)]:
+                    writer.write_frame(frame)
+                bar.update(1)
+                bar.set_postfix(ms=f"{chunk.seconds * 1000:.0f}", mem=f"{chunk.memory_bytes / 2**20:.1f}MiB")
+            bar.close()
+        finally:
+            writer.close()
+        return out
+
+
+class LiveSession:
+    """One live stream: feed speech, iterate chunks of frames. Memory stays constant however long it runs."""
+
+    def __init__(self, pipe: LiveActPipeline, session: StreamingSession, features: StreamingFeatures,
+                 portrait: Image.Image):
+        self.pipe, self.session, self.features, self.portrait = pipe, session, features, portrait
+        self.decoder = pipe.vae.streaming_decoder()
+
+    def feed(self, samples: np.ndarray, sample_rate: int = 16000) -> None:
+        self.features.push(samples, sample_rate)
+
+    def finish(self) -> None:
+        self.features.finish()
+
+    def _done(self) -> bool:
+        """All received audio is covered (only once the speech has ended)."""
+        needed = self.session.chunks_for(max(self.features.received_frames, 1))
+        return self.features.finished and self.session.chunk_index >= needed
+
+    def chunks(self) -> Iterator[VideoChunk]:
+        """Chunks for which enough speech has arrived; returns when it must wait for more (or is done)."""
+        while not self._done() and self.features.ready(self.session.audio_window_start(self.session.chunk_index)):
+            began = time.perf_counter()
+            window = self.features.window(self.session.audio_window_start(self.session.chunk_index))
+            yield self._decode(self.session.next_chunk(window), began)
+
+    def chunks_from_features(self, features: torch.Tensor, count: int) -> Iterator[VideoChunk]:
+        """Chunks from precomputed per-frame features of a whole recording."""
+        began = time.perf_counter()
+        for chunk in self.session.stream(features, num_chunks=count):
+            yield self._decode(chunk, began)
+            began = time.perf_counter()
+
+    def _decode(self, chunk, began: float) -> VideoChunk:
+        video = self.decoder.decode(chunk.latents)  # [B, 3, T, H, W] in [-1, 1]
+        frames = ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return VideoChunk(chunk.index, frames, chunk.video_frames.start, time.perf_counter() - began, chunk.memory_bytes)
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+def estimate_gpu_bytes(config: dict, size: tuple[int, int], options: Options, world: int = 1) -> int:
+    """GPU memory a pipeline needs per GPU: transformer weights (one block when offloading them), the key/value
+    memories (fp8 / offloaded / split over `world` ranks as configured), encoders, and working room."""
+    with torch.device("meta"):
+        model = LiveActTransformer.from_config(config)
+    cfg, per_value = model.config, torch.finfo(options.dtype).bits // 8
+    params = sum(p.numel() for p in model.parameters())
+    if options.block_offload:
+        params -= (cfg.num_layers - 1) * sum(p.numel() for p in model.blocks[0].parameters())
+    tokens = (size[0] // 16) * (size[1] // 16)
+    memories = options.stream.sampler.num_steps + (2 if options.stream.audio_guidance != 1.0 else 0)
+    layers_on_gpu = 1 if options.stream.offload_memory else cfg.num_layers
+    value_bytes = 1 + 4 / (cfg.dim // cfg.num_heads) if options.stream.fp8_memory else per_value
+    window = memories * layers_on_gpu * 2 * options.stream.layout.window * tokens * cfg.dim * value_bytes / world
+    text_encoder = 0 if options.text_encoder_on_cpu else 5.7e9 * per_value  # umT5-XXL encoder
+    return int(params * per_value + window + text_encoder + 1.5e9 + 4e9)  # + CLIP, VAE, wav2vec2 + activations
+
+
+def load(model: str | Path = "liveact-18b", *, device: str | None = None, dtype: torch.dtype | None = None,
+         size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None) -> LiveActPipeline:
+    """Load a preset or a model folder into a pipeline; errors are one actionable sentence (LiveActError)."""
+    from .hub import PRESETS
+
+    preset = PRESETS.get(str(model))
+    options = options or Options()
+    if device is not None:
+        options = replace(options, device=device)
+    elif preset is not None and preset.needs_gpu:
+        options = replace(options, device="cuda")
+    if dtype is not None:
+        options = replace(options, dtype=dtype)
+    if options.dtype is None:
+        options = replace(options, dtype=torch.bfloat16 if torch.device(options.device).type == "cuda" else torch.float32)
+    parallel = SequenceParallel.from_env(options.device)
+    if parallel is not None and torch.device(options.device).type == "cuda":
+        options = replace(options, device=f"cuda:{parallel.rank}")
+
+    settings = dict(preset.settings) if preset is not None else {}
+    height, width = parse_size(size) if size is not None else tuple(settings.get("size", (512, 512)))
+    if preset is not None:  # fail before downloading 40 GB onto a machine that cannot run it
+        config = json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+        check_gpu(options.device, estimate_gpu_bytes(config, (height, width), options, parallel.world if parallel else 1),
+                  preset.name, "add --fp8-memory, --offload-memory or --block-offload, or use two GPUs "
+                  "(torchrun --nproc-per-node 2 -m liveact generate ...).")
+    components = resolve(model)
+    settings.update(components.settings)
+    if size is None and "size" in components.settings:
+        height, width = components.settings["size"]
+    return _assemble(components, options, fps or settings.get("fps", 20), (height, width), parallel)
+
+
+def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, int],
+              parallel: SequenceParallel | None) -> LiveActPipeline:
+    device, dtype = options.device, options.dtype
+    set_attention_backend(options.attention)
+    transformer = load_transformer(parts["transformer"], device="cpu" if options.block_offload else device, dtype=dtype)
+    if options.block_offload:
+        transformer.enable_block_offload(device)
+    if options.compile:
+        for block in transformer.blocks:
+            block.compile(dynamic=False)
+    text_device = "cpu" if options.text_encoder_on_cpu else device
+    text_encoder = TextEncoder.from_pretrained(parts["text_encoder"], parts["tokenizer"],
+                                               max_length=transformer.config.text_len, device=text_device, dtype=dtype)
+    image_encoder = ImageEncoder.from_pretrained(parts["image_encoder"], parts["image_processor"], device=device, dtype=dtype)
+    vae = WanVAE.from_pretrained(parts["vae"], device=device, dtype=dtype)
+    if parts.settings.get("featurizer", "wav2vec2") == "mel":
+        featurizer = MelFeatures(n_mels=transformer.config.audio_channels)
+    else:
+        featurizer = Wav2Vec2Features.from_pretrained(parts["audio_encoder"], device=device, dtype=dtype)
+    return LiveActPipeline(transformer, vae, image_encoder, text_encoder, featurizer,
+                           fps=fps, size=size, options=options, parallel=parallel, name=parts.name)

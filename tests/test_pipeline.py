@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import example, make_conditioning, make_tiny_model
+from liveact.audio import load_audio
+from liveact.hub import LiveActError
+from liveact.pipeline import load, parse_size
+from liveact.stream import StreamingSession
+from liveact.transformer import set_attention_backend
+
+
+@pytest.fixture(scope="module")
+def pipe(random_model_dir):
+    return load(random_model_dir)
+
+
+def test_live_session_yields_chunks_as_speech_arrives(pipe):
+    speech = load_audio(example("speech-1.wav"))[: 16000 * 11 // 2]  # 5.5 s = 110 video frames at 20 fps
+    session = pipe.start(example("portrait-1.png"), prompt="a person is talking", seed=3)
+    chunks = []
+    for piece in np.array_split(speech, 55):  # 0.1 s at a time, as from a microphone
+        session.feed(piece, 16000)
+        chunks += list(session.chunks())
+    # chunk k >= 1 needs audio to frame 53 + 32(k-1) + 2 (its window and look-ahead): chunk 3 would need 119
+    assert [c.index for c in chunks] == [0, 1, 2]
+    session.finish()
+    chunks += list(session.chunks())
+    assert [c.index for c in chunks] == [0, 1, 2, 3]  # 110 frames need 1 + ceil(89 / 32) chunks
+    assert [c.frames.shape for c in chunks[:2]] == [(21, 32, 32, 3), (32, 32, 32, 3)]
+    assert chunks[0].frames.dtype == np.uint8 and [c.first_frame for c in chunks] == [0, 21, 53, 85]
+    assert len({c.memory_bytes for c in chunks}) == 1
+    assert list(session.chunks()) == []  # done
+
+
+def test_sizes_of_the_reference():
+    assert parse_size("512*512") == (512, 512) and parse_size("416*720") == (720, 416)
+    with pytest.raises(LiveActError, match="WIDTH\\*HEIGHT"):
+        parse_size("big")
+
+
+def test_model_folder_sets_fps_and_size(pipe):
+    assert pipe.fps == 20 and pipe.size == (32, 32)
+    assert pipe.options.device == "cpu" and next(pipe.transformer.parameters()).dtype == torch.float32
+
+
+def stream_latents(model, chunks=3):
+    y, image, text, audio = make_conditioning(model)
+    session = StreamingSession(model, y, image, text, generator=torch.Generator().manual_seed(0))
+    return [c.latents for c in session.stream(audio, num_chunks=chunks)]
+
+
+def test_block_offload_computes_the_same():
+    reference = stream_latents(make_tiny_model())
+    model = make_tiny_model()
+    model.enable_block_offload("cpu")  # on a GPU the blocks would live in pinned host memory between calls
+    assert all(torch.equal(a, b) for a, b in zip(stream_latents(model), reference))
+
+
+def test_attention_backends():
+    with pytest.raises(ImportError, match="pip install flash-attn"):
+        set_attention_backend("flash")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        set_attention_backend("fastest")
+    set_attention_backend("sdpa")
+    assert stream_latents(make_tiny_model(), 1)[0].isfinite().all()
+
+
+def test_compiled_blocks_compute_the_same():
+    """torch.compile per block (the --compile flag), checked on this CPU (inductor + gcc); ~1 min."""
+    reference = stream_latents(make_tiny_model(), chunks=2)
+    model = make_tiny_model()
+    for block in model.blocks:
+        block.compile(dynamic=False)
+    compiled = stream_latents(model, chunks=2)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(compiled, reference))
