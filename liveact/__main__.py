@@ -105,9 +105,42 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     gen.add_argument("--attention", choices=["sdpa", "flash", "sage"], default="sdpa", help="attention kernel")
+    train = commands.add_parser("train", help="train a model of the tiny scale on the synthetic world")
+    train.add_argument("what", choices=["autoencoder", "reader"])
+    train.add_argument("--out", help="output folder (default: the shipped weights' folder)")
+    train.add_argument("--steps", type=int, help="optimizer steps (default: the shipped run's)")
+    train.add_argument("--seed", type=int, default=0)
+    world = commands.add_parser("world", help="the synthetic world: contact sheet, autoencoder benchmark")
+    world.add_argument("what", choices=["sheet", "autoencoder-bench"])
+    world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
+    world.add_argument("--seconds", type=float, default=10.0, help="video decoded per benchmark run")
     args = parser.parse_args(argv)
     _quiet_libraries()
-    return generate(args)
+    return {"generate": generate, "train": train_command, "world": world_command}[args.command](args)
+
+
+def train_command(args) -> int:
+    from . import train
+    from .autoencoder import WEIGHTS as AUTOENCODER_WEIGHTS
+    from .metrics import WEIGHTS as READER_WEIGHTS
+
+    run = {"autoencoder": (train.train_autoencoder, AUTOENCODER_WEIGHTS), "reader": (train.train_reader, READER_WEIGHTS)}
+    function, default_out = run[args.what]
+    options = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    print(json.dumps(function(args.out or default_out, **options), indent=2))
+    return 0
+
+
+def world_command(args) -> int:
+    if args.what == "sheet":
+        from .synthetic import contact_sheet
+
+        print(contact_sheet(args.out or "docs/synthetic-world.png"))
+    else:
+        from .autoencoder import benchmark
+
+        print(benchmark(seconds=args.seconds))
+    return 0
 
 
 def _quiet_libraries() -> None:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, load_audio
+from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
 from .hub import Components, LiveActError, check_gpu, load_transformer, resolve
 from .parallel import SequenceParallel
@@ -70,6 +71,13 @@ class VideoChunk:
     first_frame: int  # index of frames[0] in the whole video
     seconds: float  # denoise + decode wall time
     memory_bytes: int
+
+
+def _load_vae(folder: Path, device, dtype) -> VideoAutoencoder:
+    """The Wan VAE, or the tiny autoencoder when the folder's config names it."""
+    if json.loads((Path(folder) / "config.json").read_text()).get("_class_name") == "TinyVideoAutoencoder":
+        return load_autoencoder(folder).to(device=device, dtype=dtype)
+    return WanVAE.from_pretrained(folder, device=device, dtype=dtype)
 
 
 class LiveActPipeline:
@@ -250,7 +258,7 @@ def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, 
     text_encoder = TextEncoder.from_pretrained(parts["text_encoder"], parts["tokenizer"],
                                                max_length=transformer.config.text_len, device=text_device, dtype=dtype)
     image_encoder = ImageEncoder.from_pretrained(parts["image_encoder"], parts["image_processor"], device=device, dtype=dtype)
-    vae = WanVAE.from_pretrained(parts["vae"], device=device, dtype=dtype)
+    vae = _load_vae(parts["vae"], device, dtype)
     if parts.settings.get("featurizer", "wav2vec2") == "mel":
         featurizer = MelFeatures(n_mels=transformer.config.audio_channels)
     else:
