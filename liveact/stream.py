@@ -117,6 +117,7 @@ class StreamingSession:
         self.memories = [make_memory() for _ in range(steps)]  # Neighbor Forcing: one per step
         guided = range(config.audio_from_step, steps) if config.audio_guidance != 1.0 else range(0)
         self.null_memories = {step: make_memory() for step in guided}
+        self._null_tokens = None  # tokens of all-zero audio: the same for every chunk
         self.chunk_index = 0
 
     # -- geometry of the stream ----------------------------------------------------------------
@@ -174,7 +175,7 @@ class StreamingSession:
         audio = audio.to(model.device)
         chunk_rows = slice(slot, slot + frames)
         audio_tokens = model.project_audio(audio)[:, chunk_rows]
-        null_tokens = model.project_audio(torch.zeros_like(audio))[:, chunk_rows] if self.null_memories else None
+        null_tokens = self._null_audio_tokens(audio)[:, chunk_rows] if self.null_memories else None
         y, context = self.y[:, :, chunk_rows], self._context(k)
 
         sampler = config.sampler
@@ -192,6 +193,11 @@ class StreamingSession:
             x = sampler.step(x, velocity, step, None if last else self._draw((frames,)))
         self.chunk_index += 1
         return Chunk(k, x, self.chunk_video_frames(k), time.perf_counter() - began, self.memory_bytes)
+
+    def _null_audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
+        if self._null_tokens is None:
+            self._null_tokens = self.model.project_audio(torch.zeros_like(audio))
+        return self._null_tokens
 
     def _context(self, chunk: int) -> torch.Tensor:
         for start, end, context in reversed(self.edits):
