@@ -14,6 +14,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "load": "pipeline",
+    "LiveActPipeline": "pipeline",
+    "Options": "pipeline",
     "LiveActTransformer": "transformer",
     "ConvKVMemory": "memory",
     "MemoryLayout": "memory",

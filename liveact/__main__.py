@@ -1,4 +1,8 @@
-"""Command line: `python -m liveact generate --image portrait.png --audio speech.wav --out talk.mp4`.
+"""Command line.
+
+    python -m liveact generate --image portrait.png --audio speech.wav --out talk.mp4
+    python -m liveact train autoencoder | reader          (the tiny scale, on the synthetic world)
+    python -m liveact world sheet | autoencoder-bench     (docs figures of the synthetic world)
 
 Also runs the reference's example files: `python -m liveact generate --input-json examples.json --out outdir/`
 (entries with `prompt`, `cond_image`, `cond_audio` and optional `edit_prompt` {"[a, b]": "prompt"}).

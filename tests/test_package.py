@@ -60,3 +60,4 @@ def test_public_names_resolve():
 
     for name in liveact.__all__:
         assert getattr(liveact, name).__name__ == name
+    assert liveact.load.__module__ == "liveact.pipeline"
