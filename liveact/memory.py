@@ -104,6 +104,7 @@ class ConvKVMemory:
         pin = offload and torch.cuda.is_available()
         self.keys = torch.zeros(shape, dtype=FP8 if fp8 else dtype, device=home, pin_memory=pin)
         self.values = torch.zeros_like(self.keys, pin_memory=pin)
+        self.key_scales = self.value_scales = None  # fp8: one float32 scale per (token, head)
         if fp8:
             self.key_scales = torch.zeros(shape[:-1] + (1,), dtype=torch.float32, device=home, pin_memory=pin)
             self.value_scales = torch.zeros_like(self.key_scales, pin_memory=pin)
@@ -115,9 +116,7 @@ class ConvKVMemory:
     @property
     def nbytes(self) -> int:
         """Bytes held by this memory (storage, scales and workspace). Constant for its lifetime."""
-        tensors = [self.keys, self.values, self._work]
-        if self.fp8:
-            tensors += [self.key_scales, self.value_scales]
+        tensors = [self.keys, self.values, self.key_scales, self.value_scales, self._work]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _tokens(self, first_slot: int, last_slot: int) -> slice:
@@ -129,8 +128,8 @@ class ConvKVMemory:
         if self._direct:
             return self.keys[layer, :, span], self.values[layer, :, span]
         loaded = []
-        for stored, scales, work in ((self.keys, getattr(self, "key_scales", None), self._work[0]),
-                                     (self.values, getattr(self, "value_scales", None), self._work[1])):
+        for stored, scales, work in ((self.keys, self.key_scales, self._work[0]),
+                                     (self.values, self.value_scales, self._work[1])):
             work[:, span].copy_(stored[layer, :, span], non_blocking=True)
             if self.fp8:
                 work[:, span].mul_(scales[layer, :, span].to(self.device, non_blocking=True))
