@@ -186,6 +186,7 @@ class StreamingFeatures:
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # absolute sample index of _buffer[0]
         self.finished = False
+        self._last: tuple[int, torch.Tensor] | None = None  # chunks 0 and 1 share the window at frame 0
 
     def push(self, samples: np.ndarray, sample_rate: int | None = None) -> None:
         """Append mono samples (int16 or float; resampled when `sample_rate` differs, e.g. a 48 kHz microphone)."""
@@ -214,6 +215,8 @@ class StreamingFeatures:
 
     def window(self, start_frame: int) -> torch.Tensor:
         """Features of the window starting at video frame `start_frame`: [1, frames, context, layers, channels]."""
+        if self._last is not None and self._last[0] == start_frame:
+            return self._last[1]
         if not self.ready(start_frame):
             raise ValueError(f"not enough audio yet for the window at frame {start_frame}")
         first = round(start_frame / self.fps * self.sample_rate) - self._buffer_start
@@ -224,4 +227,5 @@ class StreamingFeatures:
         if features.shape[0] == 0:
             raise AudioError("no audio left to featurize")
         self._buffer, self._buffer_start = self._buffer[first:], self._buffer_start + first  # drop what is done
-        return audio_window(features[None], 0, self.window_frames, self.context)
+        self._last = (start_frame, audio_window(features[None], 0, self.window_frames, self.context))
+        return self._last[1]

@@ -27,7 +27,7 @@ from PIL import Image
 from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, load_audio
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
-from .hub import Components, LiveActError, check_gpu, load_transformer, resolve
+from .hub import PRESETS, Components, LiveActError, check_gpu, load_transformer, resolve
 from .parallel import SequenceParallel
 from .stream import PromptEdit, StreamConfig, StreamingSession
 from .transformer import LiveActTransformer, set_attention_backend
@@ -173,10 +173,12 @@ class LiveSession:
 
     def chunks(self) -> Iterator[VideoChunk]:
         """Chunks for which enough speech has arrived; returns when it must wait for more (or is done)."""
-        while not self._done() and self.features.ready(self.session.audio_window_start(self.session.chunk_index)):
+        while not self._done():
+            start = self.session.audio_window_start(self.session.chunk_index)
+            if not self.features.ready(start):
+                return
             began = time.perf_counter()
-            window = self.features.window(self.session.audio_window_start(self.session.chunk_index))
-            yield self._decode(self.session.next_chunk(window), began)
+            yield self._decode(self.session.next_chunk(self.features.window(start)), began)
 
     def chunks_from_features(self, features: torch.Tensor, count: int) -> Iterator[VideoChunk]:
         """Chunks from precomputed per-frame features of a whole recording."""
@@ -214,8 +216,6 @@ def estimate_gpu_bytes(config: dict, size: tuple[int, int], options: Options, wo
 def load(model: str | Path = "liveact-18b", *, device: str | None = None, dtype: torch.dtype | None = None,
          size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None) -> LiveActPipeline:
     """Load a preset or a model folder into a pipeline; errors are one actionable sentence (LiveActError)."""
-    from .hub import PRESETS
-
     preset = PRESETS.get(str(model))
     options = options or Options()
     if device is not None:

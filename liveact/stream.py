@@ -170,8 +170,9 @@ class StreamingSession:
         model, config, lay, k = self.model, self.config, self.config.layout, self.chunk_index
         slot, frames = (0, lay.first_chunk) if k == 0 else (lay.chunk_slot, lay.chunk)
         if k >= 2:  # the window is full: make room (chunk 1 filled slots 6..13)
+            filters = model.memory_filters(self.parallel)
             for memory in [*self.memories, *self.null_memories.values()]:
-                memory.compress_and_shift(model.memory_filters(self.parallel))
+                memory.compress_and_shift(filters)
         audio = audio.to(model.device)
         chunk_rows = slice(slot, slot + frames)
         audio_tokens = model.project_audio(audio)[:, chunk_rows]

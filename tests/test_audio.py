@@ -125,3 +125,19 @@ def test_real_speech_file():
     assert abs(len(samples) / RATE - 37.76) < 0.01
     features = featurize(MelFeatures(), samples, RATE, fps=20)
     assert features.shape[0] == int(37.76 * 20)
+
+
+def test_streaming_features_featurize_a_shared_window_once():
+    calls = []
+
+    class Counting(MelFeatures):
+        def __call__(self, speech, frames):
+            calls.append(frames)
+            return super().__call__(speech, frames)
+
+    stream = StreamingFeatures(Counting(n_mels=8), fps=20)
+    stream.push(tone(5.0))  # 100 frames: enough for the windows at 0 and 32
+    first, second = stream.window(0), stream.window(0)  # chunks 0 and 1 both use the window at frame 0
+    assert second is first and len(calls) == 1
+    stream.window(32)
+    assert len(calls) == 2
