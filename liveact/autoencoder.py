@@ -132,22 +132,28 @@ def load_autoencoder(path: str | Path = WEIGHTS) -> TinyVideoAutoencoder:
     return TinyVideoAutoencoder.from_pretrained(path).eval()
 
 
-def benchmark(seconds: float = 10.0, size: int = 128, runs: int = 3, path: str | Path = WEIGHTS) -> str:
-    """Streaming decode speed (video frames per second, median of `runs`) and held-out PSNR, as markdown."""
+def decode_rate(model: TinyVideoAutoencoder, seconds: float = 10.0, size: int = 128, runs: int = 3) -> float:
+    """Streaming decode speed in video frames per second: `seconds` of 20 fps video in chunks of 8 latent
+    frames, median of `runs` after a warm-up run."""
     import statistics
     import time
 
-    from .train import evaluate_autoencoder
-
-    model = load_autoencoder(path)
     latents = torch.randn(1, model.config.z_dim, 1 + round(seconds * 20 / 4), size // 8, size // 8)
     rates = []
-    for _ in range(runs + 1):  # the first run warms up
+    for _ in range(runs + 1):
         decoder = model.streaming_decoder()
         began = time.perf_counter()
         frames = sum(decoder.decode(chunk).shape[2] for chunk in latents.split(8, dim=2))
         rates.append(frames / (time.perf_counter() - began))
-    fps = statistics.median(rates[1:])
+    return statistics.median(rates[1:])
+
+
+def benchmark(seconds: float = 10.0, size: int = 128, runs: int = 3, path: str | Path = WEIGHTS) -> str:
+    """Streaming decode speed and held-out PSNR of the shipped weights, as a markdown table row."""
+    from .train import evaluate_autoencoder
+
+    model = load_autoencoder(path)
+    fps = decode_rate(model, seconds, size, runs)
     quality = evaluate_autoencoder(model, size=size)
     return (f"| tiny autoencoder | {size}x{size} | {torch.get_num_threads()} threads | "
             f"decode {fps:.0f} frames/s (median of {runs}) | held-out PSNR {quality:.2f} dB |")
