@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,21 @@ def make_conditioning(model: LiveActTransformer, seed: int = 0, window: int = 14
     text = torch.randn(1, 5, cfg.text_dim, generator=g)
     audio = torch.randn(video_frames, cfg.audio_layers, cfg.audio_channels, generator=g)
     return y, image, text, audio
+
+
+def stream_latents(model: LiveActTransformer, seed: int = 0, chunks: int = 4, **session_options) -> list[torch.Tensor]:
+    """Clean latents of the first `chunks` chunks of a seeded stream on random conditioning."""
+    from liveact.stream import StreamingSession
+
+    y, image, text, audio = make_conditioning(model)
+    session = StreamingSession(model, y, image, text, generator=torch.Generator().manual_seed(seed), **session_options)
+    return [chunk.latents for chunk in session.stream(audio, num_chunks=chunks)]
+
+
+def run_liveact(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m liveact ARGS` as a user runs it, output captured."""
+    return subprocess.run([sys.executable, "-m", "liveact", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=600)
 
 
 @pytest.fixture

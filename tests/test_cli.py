@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, example
+from conftest import example, run_liveact
 
 
 def probe(path) -> dict:
@@ -18,8 +17,7 @@ def probe(path) -> dict:
 
 
 def generate(*args):
-    return subprocess.run([sys.executable, "-m", "liveact", "generate", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    return run_liveact("generate", *args)
 
 
 def test_generate_writes_a_playable_mp4_with_the_speech(tmp_path, random_model_dir):

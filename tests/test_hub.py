@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, example
-from liveact.hub import PRESETS, LiveActError, load_transformer, resolve
+from conftest import ROOT, example, run_liveact
+from liveact.hub import LiveActError, load_transformer, resolve
 from liveact.pipeline import Options, estimate_gpu_bytes
 from liveact.stream import StreamConfig
 from liveact.transformer import LiveActTransformer
@@ -107,18 +106,11 @@ def test_gpu_memory_estimate_of_the_18b_model():
     assert offloaded < 24e9  # the consumer-GPU recipe fits a 24 GB card
 
 
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "liveact", "generate", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
-
-
 def test_18b_without_gpu_or_weights_exits_with_one_sentence(tmp_path):
-    import os
-
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     common = ["--image", str(example("portrait-1.png")), "--audio", str(example("speech-1.wav")), "--out", str(tmp_path / "o.mp4")]
     for extra, expected in [([], "needs a CUDA GPU"), (["--device", "cpu"], "not in the Hugging Face cache")]:
-        result = run_cli("--model", "liveact-18b", *common, *extra, env=env)
+        result = run_liveact("generate", "--model", "liveact-18b", *common, *extra, env=env)
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr

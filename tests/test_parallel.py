@@ -7,20 +7,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import make_conditioning, make_tiny_model
+from conftest import make_tiny_model, stream_latents
 from liveact.parallel import SequenceParallel
-from liveact.stream import StreamConfig, StreamingSession
+from liveact.stream import StreamConfig
 
 CONFIG = StreamConfig(audio_guidance=1.5)  # null-audio memories and compression included
 CHUNKS = 4
 
 
 def stream(parallel=None) -> list[torch.Tensor]:
-    model = make_tiny_model()
-    y, image, text, audio = make_conditioning(model)
-    session = StreamingSession(model, y, image, text, config=CONFIG, parallel=parallel,
-                               generator=torch.Generator().manual_seed(1))
-    return [chunk.latents for chunk in session.stream(audio, num_chunks=CHUNKS)]
+    return stream_latents(make_tiny_model(), seed=1, chunks=CHUNKS, config=CONFIG, parallel=parallel)
 
 
 def _rank(rank: int, world: int, init_file: str, out: str) -> None:

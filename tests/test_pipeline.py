@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import example, make_conditioning, make_tiny_model
+from conftest import example, make_tiny_model, stream_latents
 from liveact.audio import load_audio
 from liveact.hub import LiveActError
 from liveact.pipeline import load, parse_size
-from liveact.stream import StreamingSession
 from liveact.transformer import set_attention_backend
 
 
@@ -46,17 +45,11 @@ def test_model_folder_sets_fps_and_size(pipe):
     assert pipe.options.device == "cpu" and next(pipe.transformer.parameters()).dtype == torch.float32
 
 
-def stream_latents(model, chunks=3):
-    y, image, text, audio = make_conditioning(model)
-    session = StreamingSession(model, y, image, text, generator=torch.Generator().manual_seed(0))
-    return [c.latents for c in session.stream(audio, num_chunks=chunks)]
-
-
 def test_block_offload_computes_the_same():
-    reference = stream_latents(make_tiny_model())
+    reference = stream_latents(make_tiny_model(), chunks=3)
     model = make_tiny_model()
     model.enable_block_offload("cpu")  # on a GPU the blocks would live in pinned host memory between calls
-    assert all(torch.equal(a, b) for a, b in zip(stream_latents(model), reference))
+    assert all(torch.equal(a, b) for a, b in zip(stream_latents(model, chunks=3), reference))
 
 
 def test_attention_backends():
@@ -65,7 +58,7 @@ def test_attention_backends():
     with pytest.raises(ValueError, match="unknown attention backend"):
         set_attention_backend("fastest")
     set_attention_backend("sdpa")
-    assert stream_latents(make_tiny_model(), 1)[0].isfinite().all()
+    assert stream_latents(make_tiny_model(), chunks=1)[0].isfinite().all()
 
 
 def test_compiled_blocks_compute_the_same():

@@ -4,14 +4,9 @@ import pytest
 import torch
 
 from conftest import make_conditioning, make_tiny_model
+from conftest import stream_latents as run
 from liveact.sampler import FlowSampler
 from liveact.stream import PromptEdit, StreamConfig, StreamingSession, audio_window
-
-
-def run(model, seed, chunks=4, **session_options):
-    y, image, text, audio = make_conditioning(model)
-    session = StreamingSession(model, y, image, text, generator=torch.Generator().manual_seed(seed), **session_options)
-    return [chunk.latents for chunk in session.stream(audio, num_chunks=chunks)]
 
 
 def test_seeded_generator_makes_the_stream_reproducible():
