@@ -1,7 +1,8 @@
 """Command line.
 
     python -m liveact generate --image portrait.png --audio speech.wav --out talk.mp4
-    python -m liveact train autoencoder | reader          (the tiny scale, on the synthetic world)
+    python -m liveact train denoiser | autoencoder | reader   (the tiny scale, on the synthetic world)
+    python -m liveact eval --model tiny --minutes 5       (long rollouts scored: lip sync, drift, flicker)
     python -m liveact world sheet | autoencoder-bench     (docs figures of the synthetic world)
 
 Also runs the reference's example files: `python -m liveact generate --input-json examples.json --out outdir/`
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
     gen.add_argument("--edit-json", help='prompt edits by chunk range: {"[2, 5]": "the person smiles"}')
     gen.add_argument("--input-json", help="the reference's example format: a list of {prompt, cond_image, cond_audio, edit_prompt}")
-    gen.add_argument("--model", default="liveact-18b", help="preset (liveact-18b) or model folder")
+    gen.add_argument("--model", default="tiny", help="preset (tiny, liveact-18b) or model folder")
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--size", help="WIDTH*HEIGHT: 512*512, 416*720 or 480*832 (default: the model's)")
     gen.add_argument("--fps", type=float, help="frames per second (default: the model's)")
@@ -110,17 +111,35 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     gen.add_argument("--attention", choices=["sdpa", "flash", "sage"], default="sdpa", help="attention kernel")
     train = commands.add_parser("train", help="train a model of the tiny scale on the synthetic world")
-    train.add_argument("what", choices=["autoencoder", "reader"])
+    train.add_argument("what", choices=["denoiser", "autoencoder", "reader"])
     train.add_argument("--out", help="output folder (default: the shipped weights' folder)")
     train.add_argument("--steps", type=int, help="optimizer steps (default: the shipped run's)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--objective", choices=["neighbor", "teacher", "diffusion"], default="neighbor",
+                       help="denoiser: what earlier chunks leave in memory during training")
+    train.add_argument("--memory", choices=["conv", "mean", "sliding", "full"], default="conv",
+                       help="denoiser: how the memory window summarises the past")
+    train.add_argument("--device", help="denoiser: cpu or cuda (default: cuda when there is one)")
+    train.add_argument("--init", help="denoiser: start from this model folder's weights (fine-tune), e.g. tiny's")
+    train.add_argument("--lr", type=float, help="denoiser: peak learning rate (default 1e-3)")
+    evaluate = commands.add_parser("eval", help="long rollouts on unseen identities: lip sync, identity drift, flicker")
+    evaluate.add_argument("--model", default="tiny", help="preset (tiny) or model folder")
+    evaluate.add_argument("--minutes", type=float, default=5.0, help="video per rollout")
+    evaluate.add_argument("--identities", type=int, default=10, help="unseen identities with held-out synthetic speech")
+    shared = Path(os.environ.get("LIVEACT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+    evaluate.add_argument("--real-speech", default=str(shared / "examples"),
+                          help="folder with speech-*.wav recordings (looped to --minutes); missing: skipped")
+    evaluate.add_argument("--json", help="write the summary here")
+    evaluate.add_argument("--plot", help="PNG of identity drift over time")
+    evaluate.add_argument("--sheet", help="PNG of frames at 0 s, 10 s, 1, 2 and 5 min of each rollout")
+    evaluate.add_argument("--label", help="the model's name in the table row")
     world = commands.add_parser("world", help="the synthetic world: contact sheet, autoencoder benchmark")
     world.add_argument("what", choices=["sheet", "autoencoder-bench"])
     world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
     world.add_argument("--seconds", type=float, default=10.0, help="video decoded per benchmark run")
     args = parser.parse_args(argv)
     _quiet_libraries()
-    return {"generate": generate, "train": train_command, "world": world_command}[args.command](args)
+    return {"generate": generate, "train": train_command, "eval": eval_command, "world": world_command}[args.command](args)
 
 
 def train_command(args) -> int:
@@ -128,10 +147,39 @@ def train_command(args) -> int:
     from .autoencoder import WEIGHTS as AUTOENCODER_WEIGHTS
     from .metrics import WEIGHTS as READER_WEIGHTS
 
-    run = {"autoencoder": (train.train_autoencoder, AUTOENCODER_WEIGHTS), "reader": (train.train_reader, READER_WEIGHTS)}
+    from .tiny import WEIGHTS as TINY_WEIGHTS
+
+    run = {"autoencoder": (train.train_autoencoder, AUTOENCODER_WEIGHTS), "reader": (train.train_reader, READER_WEIGHTS),
+           "denoiser": (train.train_denoiser, TINY_WEIGHTS)}
     function, default_out = run[args.what]
     options = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    if args.what == "denoiser":
+        options |= {"objective": args.objective, "compression": args.memory, "device": args.device}
+        init = TINY_WEIGHTS if args.init == "tiny" else args.init
+        options |= ({"init": init} if init else {}) | ({"lr": args.lr} if args.lr else {})
+        shipped = (args.objective, args.memory) == ("neighbor", "conv")
+        default_out = TINY_WEIGHTS if shipped else Path("runs") / f"{args.objective}-{args.memory}"
     print(json.dumps(function(args.out or default_out, **options), indent=2))
+    return 0
+
+
+def eval_command(args) -> int:
+    from .evaluate import TABLE_HEADER, contact_sheet, evaluate_model, plot_drift, table_row
+    from .hub import LiveActError
+
+    try:
+        summary, rollouts = evaluate_model(args.model, args.minutes, args.identities, Path(args.real_speech))
+    except LiveActError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path, write in ((args.json, lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n")),
+                        (args.plot, lambda p: plot_drift(rollouts, p, f"{summary['model']}: identity drift")),
+                        (args.sheet, lambda p: contact_sheet(rollouts, p))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+    print(TABLE_HEADER)
+    print(table_row(summary, args.label))
     return 0
 
 

@@ -7,9 +7,12 @@ A model is a folder (or a preset that names Hugging Face repositories) with thes
     image_encoder/ image_processor/ CLIP vision tower + its processor
     text_encoder/ tokenizer/        umT5 encoder + its tokenizer
     audio_encoder/                  wav2vec2 (config, weights, preprocessor) -- or none for mel features
-    liveact.json                    pipeline settings: fps, size, featurizer ("wav2vec2" | "mel")
+    liveact.json                    pipeline settings: fps, size, featurizer ("wav2vec2" | "mel"), how the
+                                    denoiser was trained (context, compression), and "parts": {part: path}
+                                    for parts kept elsewhere (relative to the folder)
 
-`liveact-18b` assembles them from the released repositories: the transformer from Soul-AILab/LiveAct,
+`tiny` is the folder shipped in the package (liveact/weights/tiny, trained by `python -m liveact train
+denoiser`). `liveact-18b` assembles them from the released repositories: the transformer from Soul-AILab/LiveAct,
 the Wan parts from the diffusers-format Wan2.1-I2V repository, wav2vec2 from TencentGameMate.
 Downloads go through `huggingface_hub.snapshot_download`, so HF_HOME, HF_HUB_OFFLINE, HF_TOKEN and
 HF_ENDPOINT behave as everywhere else.
@@ -37,11 +40,13 @@ class Preset:
     sources: dict[str, tuple[str, str, tuple[str, ...]]]
     settings: dict = field(default_factory=dict)
     needs_gpu: bool = True
+    folder: Path | None = None  # a preset shipped with the package: a local model folder
 
 
 _WAN = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 _WAV2VEC2 = "TencentGameMate/chinese-wav2vec2-base"
 PRESETS: dict[str, Preset] = {
+    "tiny": Preset(name="tiny", sources={}, needs_gpu=False, folder=Path(__file__).parent / "weights" / "tiny"),
     "liveact-18b": Preset(
         name="liveact-18b",
         sources={
@@ -72,19 +77,23 @@ class Components:
 
 def resolve(model: str | Path | Preset) -> Components:
     """A preset name, a Preset or a local folder -> local folders of every part (downloading if needed)."""
-    if isinstance(model, Preset) or str(model) in PRESETS:
-        return _from_preset(model if isinstance(model, Preset) else PRESETS[str(model)])
-    folder = Path(model)
+    preset = model if isinstance(model, Preset) else PRESETS.get(str(model))
+    if preset is not None and preset.folder is None:
+        return _from_preset(preset)
+    folder = Path(model) if preset is None else preset.folder
+    if preset is not None and not (folder / "transformer").is_dir():
+        raise LiveActError(f"the {preset.name} model is not in {folder}: train it with `python -m liveact train denoiser`.")
     if not folder.is_dir():
         names = ", ".join(PRESETS)
         raise LiveActError(f"'{model}' is neither a model folder nor a preset ({names}): pass --model with one of those.")
     settings_file = folder / "liveact.json"
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-    paths = {part: folder / part for part in PARTS if (folder / part).is_dir()}
+    located = {part: folder / part for part in PARTS} | {part: folder / path for part, path in settings.pop("parts", {}).items()}
+    paths = {part: path for part, path in located.items() if path.is_dir()}
     missing = [part for part in PARTS[:-1] if part not in paths]
     if missing:
         raise LiveActError(f"model folder {folder} lacks {', '.join(missing)}: it needs the layout described in liveact/hub.py.")
-    return Components(folder.name, paths, settings)
+    return Components(preset.name if preset else folder.name, paths, settings)
 
 
 def _from_preset(preset: Preset) -> Components:
@@ -140,7 +149,7 @@ def check_gpu(device: torch.device | str, needed_bytes: int, name: str, hint: st
         return
     if not torch.cuda.is_available():
         raise LiveActError(f"{name} needs a CUDA GPU and none is visible here: run it on a machine with an NVIDIA "
-                           f"GPU, or pass --model PATH with a small model folder to run on the CPU.")
+                           f"GPU, or use --model tiny (the small model, real time on a CPU).")
     total = torch.cuda.get_device_properties(device).total_memory
     if total < needed_bytes:
         raise LiveActError(f"{name} needs about {needed_bytes / 2**30:.0f} GiB of GPU memory with these options and "

@@ -26,6 +26,12 @@ attention time (see `rope.py`), which is what makes moving a key from slot 12 to
 
 Storage is allocated once and updated in place: optionally as fp8 (e4m3) with one float32 scale
 per token and head, and optionally on the CPU (offload), copied to the compute device per layer.
+
+For training and ablations the same window also exists as `UnrolledMemory`: plain tensors replaced
+rather than written in place, so gradients flow through the compression across the chunks of a
+training clip. Its "full" variant keeps every frame (the growing cache ConvKV replaces), and both
+memories know a "sliding" variant: the same 14 slots with the last four frames kept exact instead
+of compressed history (what compression buys, at equal cost).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import torch
 import torch.nn.functional as F
 
 FP8 = torch.float8_e4m3fn
+Compression = Literal["conv", "mean", "sliding", "full"]
+Filters = Sequence[tuple[torch.Tensor, torch.Tensor]]  # per layer: (key, value) depthwise conv weights [dim, 1, factor]
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,68 @@ class MemoryLayout:
         return self.window - self.chunk
 
 
-class ConvKVMemory:
+def merge_tokens(x: torch.Tensor, conv_filter: torch.Tensor | None, factor: int) -> torch.Tensor:
+    """Merge `factor` consecutive tokens into one, by the depthwise filter or (None) a mean:
+    [B, factor*n, heads, head_dim] -> [B, n, heads, head_dim]."""
+    batch, tokens, heads, head_dim = x.shape
+    if conv_filter is None:
+        return x.view(batch, tokens // factor, factor, heads, head_dim).mean(dim=2)
+    channels = x.reshape(batch, tokens, heads * head_dim).transpose(1, 2)  # [B, dim, tokens]
+    merged = F.conv1d(channels, conv_filter.to(x), stride=factor, groups=heads * head_dim)
+    return merged.transpose(1, 2).reshape(batch, tokens // factor, heads, head_dim)
+
+
+def fold_history(x: torch.Tensor, conv_filter: torch.Tensor | None, layout: "MemoryLayout", tokens_per_frame: int,
+                 compression: Compression) -> torch.Tensor:
+    """Slots sink..window-1 [B, 12*tokens, heads, head_dim] -> what slots sink..chunk_slot-1 hold next
+    [B, 4*tokens, heads, head_dim]: two merged groups of 5 slots and the two recent frames, or for
+    "sliding" the last four frames as they are."""
+    keep = layout.recent * tokens_per_frame
+    if compression == "sliding":
+        return x[:, -(layout.compressed * tokens_per_frame + keep):]
+    groups = x[:, :layout.compressed * layout.factor * tokens_per_frame]  # slots 2..11
+    filter_ = conv_filter if compression == "conv" else None
+    history = [merge_tokens(group, filter_, layout.factor) for group in groups.chunk(layout.compressed, dim=1)]
+    return torch.cat(history + [x[:, -keep:]], dim=1)  # + slots 12..13
+
+
+def layer_filters(filters: Filters, layer: int, compression: Compression, value_filter: str, num_layers: int
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (key, value) filters one layer compresses with (None for the variants without learned filters)."""
+    if compression != "conv":
+        return None, None
+    if len(filters) != num_layers:
+        raise ValueError(f"need one (key, value) filter pair per layer ({num_layers}), got {len(filters)}")
+    k_filter, v_filter = filters[layer]
+    return k_filter, k_filter if value_filter == "key" else v_filter
+
+
+class _Window:
+    """Where each chunk goes: chunk 0 at slot 0 (filling 0..5), chunk 1 at 6 (filling 6..13), and every later
+    chunk at 6 again, after `compress_and_shift` has folded the history into slots 2..5."""
+
+    layout: MemoryLayout
+
+    def begin_chunk(self, chunk: int, filters: Filters = ()) -> int:
+        """The slot of chunk `chunk`; from the third chunk on, make room first."""
+        if chunk == 0:
+            return 0
+        if chunk >= 2:
+            self.compress_and_shift(filters)
+        return self.layout.chunk_slot
+
+    def compress_and_shift(self, filters: Filters = ()) -> None:
+        raise NotImplementedError
+
+
+class ConvKVMemory(_Window):
     """Key/value window of every layer for one denoising step (Neighbor Forcing keeps one per step).
 
     Args:
         num_layers, num_heads, head_dim: of the transformer.
         tokens_per_frame: latent tokens per frame after patchify ((H/2) * (W/2)).
-        compression: "conv" (learned filters) or "mean".
+        compression: "conv" (learned filters), "mean", or "sliding" (no compression: the last
+            frames kept exact).
         value_filter: which learned filter compresses the values. "key" reproduces the released
             SoulX-LiveAct code, which compresses values with the key convolution and never uses
             `memory_proj_v`; "value" is the evidently intended per-tensor behaviour. Keep "key" for
@@ -87,11 +150,12 @@ class ConvKVMemory:
 
     def __init__(self, num_layers: int, tokens_per_frame: int, num_heads: int, head_dim: int, *,
                  batch_size: int = 1, layout: MemoryLayout = MemoryLayout(),
-                 compression: Literal["conv", "mean"] = "conv", value_filter: Literal["key", "value"] = "key",
+                 compression: Compression = "conv", value_filter: Literal["key", "value"] = "key",
                  fp8: bool = False, offload: bool = False,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        if compression not in ("conv", "mean"):
-            raise ValueError(f"compression must be 'conv' or 'mean', got {compression!r}")
+        if compression not in ("conv", "mean", "sliding"):
+            raise ValueError(f"compression must be 'conv', 'mean' or 'sliding' (a 'full' cache is an "
+                             f"UnrolledMemory), got {compression!r}")
         if value_filter not in ("key", "value"):
             raise ValueError(f"value_filter must be 'key' or 'value', got {value_filter!r}")
         self.layout, self.compression, self.value_filter = layout, compression, value_filter
@@ -166,35 +230,68 @@ class ConvKVMemory:
         span = self._tokens(0, end)
         return self._work[0][:, span], self._work[1][:, span]
 
-    def _merge(self, x: torch.Tensor, conv_filter: torch.Tensor) -> torch.Tensor:
-        """Merge `factor` consecutive tokens into one: [B, factor*n, heads, head_dim] -> [B, n, heads, head_dim]."""
-        batch, tokens, heads, head_dim = x.shape
-        k = self.layout.factor
-        if self.compression == "mean":
-            return x.view(batch, tokens // k, k, heads, head_dim).mean(dim=2)
-        channels = x.reshape(batch, tokens, heads * head_dim).transpose(1, 2)  # [B, dim, tokens]
-        merged = F.conv1d(channels, conv_filter.to(x), stride=k, groups=heads * head_dim)
-        return merged.transpose(1, 2).reshape(batch, tokens // k, heads, head_dim)
-
-    def compress_and_shift(self, filters: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+    def compress_and_shift(self, filters: Filters = ()) -> None:
         """Make room for the next chunk: merge history into the compressed slots, move the last
         two frames to the recent slots. `filters` holds each layer's (key, value) depthwise conv
-        weights [dim, 1, factor]; unused (may be empty) with compression="mean"."""
+        weights [dim, 1, factor]; unused (may be empty) without learned compression."""
         lay = self.layout
-        if self.compression == "conv" and len(filters) != self.num_layers:
-            raise ValueError(f"need one (key, value) filter pair per layer ({self.num_layers}), got {len(filters)}")
         for layer in range(self.num_layers):
-            k_filter, v_filter = filters[layer] if self.compression == "conv" else (None, None)
-            v_filter = k_filter if self.value_filter == "key" else v_filter
-            keys, values = self._load(layer, lay.sink, lay.window)  # slots 2..13
-            merged = []
-            for x, conv_filter in ((keys, k_filter), (values, v_filter)):
-                groups = x[:, :lay.compressed * lay.factor * self.tokens_per_frame]  # slots 2..11
-                history = [self._merge(group, conv_filter)
-                           for group in groups.chunk(lay.compressed, dim=1)]
-                recent = x[:, -lay.recent * self.tokens_per_frame:]  # slots 12..13
-                merged.append(torch.cat(history + [recent], dim=1))  # new slots 2..5
-            self._store(layer, lay.sink, *merged)
+            pair = layer_filters(filters, layer, self.compression, self.value_filter, self.num_layers)
+            stored = self._load(layer, lay.sink, lay.window)  # slots 2..13
+            folded = [fold_history(x, f, lay, self.tokens_per_frame, self.compression) for x, f in zip(stored, pair)]
+            self._store(layer, lay.sink, *folded)
+
+
+class UnrolledMemory(_Window):
+    """The window as plain tensors, replaced (never written in place) so autograd can unroll it over the
+    chunks of a training clip; with compression="full", a cache that keeps every frame and grows.
+
+    Same interface as `ConvKVMemory` (`begin_chunk`, `attend_window`, `nbytes`) and, for conv/mean/sliding,
+    the same window: `fold_history` is shared, so what training unrolls is what inference runs.
+    """
+
+    def __init__(self, num_layers: int, tokens_per_frame: int, *, layout: MemoryLayout = MemoryLayout(),
+                 compression: Compression = "conv", value_filter: Literal["key", "value"] = "key"):
+        if compression not in ("conv", "mean", "sliding", "full"):
+            raise ValueError(f"compression must be 'conv', 'mean', 'sliding' or 'full', got {compression!r}")
+        self.num_layers, self.tokens_per_frame, self.layout = num_layers, tokens_per_frame, layout
+        self.compression, self.value_filter = compression, value_filter
+        self.keys: list[torch.Tensor | None] = [None] * num_layers  # [B, frames*tokens, heads, head_dim]
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    @property
+    def frames(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[1] // self.tokens_per_frame
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values] if t is not None)
+
+    def begin_chunk(self, chunk: int, filters: Filters = ()) -> int:
+        if self.compression == "full":  # every frame stays: each chunk goes after all of them
+            return 0 if chunk == 0 else self.frames
+        return super().begin_chunk(chunk, filters)
+
+    def compress_and_shift(self, filters: Filters = ()) -> None:
+        sink = self.layout.sink * self.tokens_per_frame
+        for layer in range(self.num_layers):
+            pair = layer_filters(filters, layer, self.compression, self.value_filter, self.num_layers)
+            for stored, conv_filter in zip((self.keys, self.values), pair):
+                x = stored[layer]
+                stored[layer] = torch.cat([x[:, :sink], fold_history(x[:, sink:], conv_filter, self.layout,
+                                                                      self.tokens_per_frame, self.compression)], dim=1)
+
+    def attend_window(self, layer: int, slot: int, keys: torch.Tensor, values: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep slots [0, slot), put the chunk's keys/values after them, return the window."""
+        span = slot * self.tokens_per_frame
+        if slot and (self.keys[layer] is None or self.keys[layer].shape[1] < span):
+            raise ValueError(f"slot {slot} is past the {self.frames} frames this memory holds")
+        window = []
+        for stored, fresh in ((self.keys, keys), (self.values, values)):
+            stored[layer] = fresh if slot == 0 else torch.cat([stored[layer][:, :span], fresh], dim=1)
+            window.append(stored[layer])
+        return window[0], window[1]
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

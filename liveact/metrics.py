@@ -174,19 +174,41 @@ def static_mask(reference: torch.Tensor, margin: int = 12, tolerance: float = 0.
     return ~grown
 
 
+class VideoMeter:
+    """Reads a video chunk by chunk and keeps only per-frame numbers, so an hour costs kilobytes, not frames."""
+
+    def __init__(self, reference: torch.Tensor, reader: Reader | None = None):
+        """reference: the portrait [3, H, W] in [0, 1]."""
+        self.reader = reader or load_reader()
+        _, identity = self.reader.read(reference[None])
+        self.reference_identity, self.mask = identity[0], static_mask(reference)
+        self.mouth, self.drift, self.flicker = [], [], []
+        self._last: torch.Tensor | None = None  # the previous frame, for the flicker across chunk borders
+
+    def update(self, frames: torch.Tensor) -> None:
+        """The next frames [T, 3, H, W] in [0, 1]."""
+        params, identities = self.reader.read(frames)
+        self.mouth.append(params[:, FRAME_PARAMS.index("mouth_open")].numpy())
+        self.drift.append(self.reader.identity_distance(identities, self.reference_identity).numpy())
+        joined = frames if self._last is None else torch.cat([self._last[None], frames])
+        if len(joined) > 1 and self.mask.any():
+            self.flicker.append(((joined[1:] - joined[:-1]).abs().mean(1)[:, self.mask] * 255).mean(1).numpy())
+        self._last = frames[-1]
+
+    def result(self, audio: np.ndarray, fps: float, sync_window: int = 3) -> "Evaluation":
+        """Scores against the speech (16 kHz) that drove the video."""
+        mouth_read = np.concatenate(self.mouth)
+        mouth_truth = mouth_from_audio(audio, fps, len(mouth_read))[:, 0]
+        sync = {lag: lagged_corr(mouth_read, mouth_truth, lag) for lag in range(-15, 16)}
+        near = max(range(-sync_window, sync_window + 1), key=lambda lag: sync[lag])
+        flicker = np.concatenate(self.flicker) if self.flicker else np.zeros(max(len(mouth_read) - 1, 0))
+        return Evaluation(fps, sync[near], near, max(sync, key=sync.get), float(flicker.mean()) if len(flicker) else 0.0,
+                          np.concatenate(self.drift), mouth_read, mouth_truth, flicker)
+
+
 def evaluate_video(frames: torch.Tensor, audio: np.ndarray, fps: float, reference: torch.Tensor,
                    reader: Reader | None = None, sync_window: int = 3) -> Evaluation:
     """Frames [T, 3, H, W] in [0, 1] with the speech that drove them (16 kHz) and the reference portrait."""
-    reader = reader or load_reader()
-    params, identities = reader.read(frames)
-    _, reference_identity = reader.read(reference[None])
-    mouth_read = params[:, FRAME_PARAMS.index("mouth_open")].numpy()
-    mouth_truth = mouth_from_audio(audio, fps, len(frames))[:, 0]
-    sync = {lag: lagged_corr(mouth_read, mouth_truth, lag) for lag in range(-15, 16)}
-    near = max(range(-sync_window, sync_window + 1), key=lambda lag: sync[lag])
-    mask = static_mask(reference)
-    steps = (frames[1:] - frames[:-1]).abs().mean(1)[:, mask] * 255 if len(frames) > 1 else torch.zeros(0, 1)
-    flicker_curve = steps.mean(1).numpy() if mask.any() else np.zeros(max(len(frames) - 1, 0))
-    return Evaluation(fps, sync[near], near, max(sync, key=sync.get), float(flicker_curve.mean()) if len(flicker_curve) else 0.0,
-                      reader.identity_distance(identities, reference_identity[0]).numpy(), mouth_read, mouth_truth,
-                      flicker_curve)
+    meter = VideoMeter(reference, reader)
+    meter.update(frames)
+    return meter.result(audio, fps, sync_window)

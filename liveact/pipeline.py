@@ -213,7 +213,7 @@ def estimate_gpu_bytes(config: dict, size: tuple[int, int], options: Options, wo
     return int(params * per_value + window + text_encoder + 1.5e9 + 4e9)  # + CLIP, VAE, wav2vec2 + activations
 
 
-def load(model: str | Path = "liveact-18b", *, device: str | None = None, dtype: torch.dtype | None = None,
+def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None,
          size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None) -> LiveActPipeline:
     """Load a preset or a model folder into a pipeline; errors are one actionable sentence (LiveActError)."""
     preset = PRESETS.get(str(model))
@@ -232,16 +232,26 @@ def load(model: str | Path = "liveact-18b", *, device: str | None = None, dtype:
 
     settings = dict(preset.settings) if preset is not None else {}
     height, width = parse_size(size) if size is not None else tuple(settings.get("size", (512, 512)))
-    if preset is not None:  # fail before downloading 40 GB onto a machine that cannot run it
+    if preset is not None and preset.needs_gpu:  # fail before downloading 40 GB onto a machine that cannot run it
         config = json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
         check_gpu(options.device, estimate_gpu_bytes(config, (height, width), options, parallel.world if parallel else 1),
                   preset.name, "add --fp8-memory, --offload-memory or --block-offload, or use two GPUs "
                   "(torchrun --nproc-per-node 2 -m liveact generate ...).")
     components = resolve(model)
     settings.update(components.settings)
+    options = replace(options, stream=_as_trained(options.stream, settings))
     if size is None and "size" in components.settings:
         height, width = components.settings["size"]
     return _assemble(components, options, fps or settings.get("fps", 20), (height, width), parallel)
+
+
+def _as_trained(stream: StreamConfig, settings: dict) -> StreamConfig:
+    """What the denoiser was trained with decides the context and the value filter; a ConvKV-trained model
+    runs any memory variant asked for, one trained with another variant runs that one."""
+    trained = settings.get("compression", "conv")
+    return replace(stream, context=settings.get("context", "neighbor"),
+                   value_filter=settings.get("value_filter", stream.value_filter),
+                   compression=stream.compression if trained == "conv" else trained)
 
 
 def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, int],

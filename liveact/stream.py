@@ -10,7 +10,9 @@
         yield x                                               the chunk's clean latent
 
 At step i a chunk attends to what its predecessor wrote at the same step i, i.e. at the same noise
-level -- never to clean latents -- so inference sees what training saw. The first chunk is 6 latent
+level -- never to clean latents -- so inference sees what training saw. (Models trained with clean
+context -- teacher or diffusion forcing, the baselines of `train.py` -- stream with context="clean": one
+memory for all steps, rewritten by an extra pass over each finished chunk at t = 0.) The first chunk is 6 latent
 frames whose frame 0 is the reference image (slots 0..5, the first two become the sink); every later
 chunk is 8 frames (32 video frames) at slots 6..13. Audio enters from step 1 on; audio guidance runs a
 second, null-audio pass with its own memories.
@@ -24,7 +26,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
-from .memory import ConvKVMemory, MemoryLayout
+from .memory import Compression, ConvKVMemory, MemoryLayout, UnrolledMemory
 from .parallel import SequenceParallel
 from .sampler import FlowSampler
 from .transformer import LiveActTransformer
@@ -34,7 +36,8 @@ from .transformer import LiveActTransformer
 class StreamConfig:
     layout: MemoryLayout = field(default_factory=MemoryLayout)
     sampler: FlowSampler = field(default_factory=FlowSampler)
-    compression: Literal["conv", "mean"] = "conv"
+    compression: Compression = "conv"  # "sliding" and "full" are the ablations' baselines
+    context: Literal["neighbor", "clean"] = "neighbor"  # what earlier chunks leave in memory (see above)
     value_filter: Literal["key", "value"] = "key"  # "key" = the released behaviour (see memory.py)
     fp8_memory: bool = False
     offload_memory: bool = False
@@ -58,6 +61,48 @@ class Chunk:
     video_frames: range  # which frames of the output video these latents decode to
     seconds: float  # wall time of this chunk's denoising
     memory_bytes: int  # all key/value memories of the session
+
+
+@dataclass(frozen=True)
+class ChunkGeometry:
+    """Which video frames and audio each chunk covers (shared by streaming and training)."""
+
+    layout: MemoryLayout
+    vae_scale: int = 4  # video frames per latent frame (after the first)
+
+    @property
+    def window_video_frames(self) -> int:
+        """Video frames covered by the 14-latent-frame window: 1 + 4*13 = 53."""
+        return 1 + self.vae_scale * (self.layout.window - 1)
+
+    def chunk_video_frames(self, chunk: int) -> range:
+        """Video frames of chunk `chunk`: 0..20 for the first, then 32 per chunk."""
+        first = 1 + self.vae_scale * (self.layout.first_chunk - 1)
+        if chunk == 0:
+            return range(0, first)
+        start = first + self.vae_scale * self.layout.chunk * (chunk - 1)
+        return range(start, start + self.vae_scale * self.layout.chunk)
+
+    def audio_window_start(self, chunk: int) -> int:
+        """First video frame of the audio window of a chunk: the window ends where the chunk ends."""
+        return max(0, self.chunk_video_frames(chunk).stop - self.window_video_frames)
+
+    def audio_rows(self, chunk: int) -> slice:
+        """Rows of the chunk's latent frames in its audio window (and in y)."""
+        first = 0 if chunk == 0 else self.layout.chunk_slot
+        return slice(first, first + (self.layout.first_chunk if chunk == 0 else self.layout.chunk))
+
+    def latent_frames(self, chunk: int) -> slice:
+        """The chunk's latent frames in the whole stream: 0..5, then 8 per chunk."""
+        start = 0 if chunk == 0 else self.layout.first_chunk + self.layout.chunk * (chunk - 1)
+        return slice(start, start + (self.layout.first_chunk if chunk == 0 else self.layout.chunk))
+
+    def chunks_for(self, video_frames: int) -> int:
+        """How many chunks it takes to cover `video_frames` frames."""
+        chunk = 0
+        while self.chunk_video_frames(chunk).stop < video_frames:
+            chunk += 1
+        return chunk + 1
 
 
 def audio_window(features: torch.Tensor, start: int, frames: int, context: int) -> torch.Tensor:
@@ -94,10 +139,15 @@ class StreamingSession:
                  on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                  parallel: SequenceParallel | None = None):
         cfg, lay = model.config, config.layout
+        if config.context not in ("neighbor", "clean"):
+            raise ValueError(f"context must be 'neighbor' or 'clean', got {config.context!r}")
+        if config.compression == "full" and (config.fp8_memory or config.offload_memory):
+            raise ValueError("the full cache (a baseline) has no fp8 or offloaded storage")
         expected = (cfg.in_dim - cfg.out_dim, lay.window)
         if y.ndim != 5 or tuple(y.shape[1:3]) != expected:
             raise ValueError(f"y must be [B, {expected[0]}, {expected[1]}, H, W] (the whole window), got {list(y.shape)}")
         self.model, self.config, self.on_step, self.parallel = model, config, on_step, parallel
+        self.geometry = ChunkGeometry(lay, cfg.vae_scale)
         self.y = y.to(model.device, model.dtype)
         self.batch, height, width = y.shape[0], y.shape[3], y.shape[4]
         self.latent_shape = (self.batch, cfg.out_dim, height, width)
@@ -109,14 +159,24 @@ class StreamingSession:
                           for e in edits]
         tokens_per_frame = (height // cfg.patch_size[1]) * (width // cfg.patch_size[2])
         heads = cfg.num_heads if parallel is None else cfg.num_heads // parallel.world  # each rank keeps its heads
-        make_memory = lambda: ConvKVMemory(  # noqa: E731
-            cfg.num_layers, tokens_per_frame, heads, cfg.dim // cfg.num_heads, batch_size=self.batch,
-            layout=lay, compression=config.compression, value_filter=config.value_filter,
-            fp8=config.fp8_memory, offload=config.offload_memory, dtype=model.dtype, device=model.device)
+
+        def make_memory():
+            if config.compression == "full":
+                return UnrolledMemory(cfg.num_layers, tokens_per_frame, layout=lay, compression="full")
+            return ConvKVMemory(cfg.num_layers, tokens_per_frame, heads, cfg.dim // cfg.num_heads, batch_size=self.batch,
+                                layout=lay, compression=config.compression, value_filter=config.value_filter,
+                                fp8=config.fp8_memory, offload=config.offload_memory, dtype=model.dtype,
+                                device=model.device)
+
         steps = config.sampler.num_steps
-        self.memories = [make_memory() for _ in range(steps)]  # Neighbor Forcing: one per step
         guided = range(config.audio_from_step, steps) if config.audio_guidance != 1.0 else range(0)
-        self.null_memories = {step: make_memory() for step in guided}
+        if config.context == "neighbor":  # Neighbor Forcing: one memory per step
+            self.memories = [make_memory() for _ in range(steps)]
+            self.null_memories = {step: make_memory() for step in guided}
+        else:  # clean context: one memory, rewritten from each finished chunk
+            shared, shared_null = make_memory(), make_memory() if guided else None
+            self.memories = [shared] * steps
+            self.null_memories = {step: shared_null for step in guided}
         self._null_tokens = None  # tokens of all-zero audio: the same for every chunk
         self.chunk_index = 0
 
@@ -124,32 +184,23 @@ class StreamingSession:
 
     @property
     def window_video_frames(self) -> int:
-        """Video frames covered by the 14-latent-frame window: 1 + 4*13 = 53."""
-        return 1 + self.model.config.vae_scale * (self.config.layout.window - 1)
+        return self.geometry.window_video_frames
 
     def chunk_video_frames(self, chunk: int) -> range:
-        """Video frames of chunk `chunk`: 0..20 for the first, then 32 per chunk."""
-        lay, scale = self.config.layout, self.model.config.vae_scale
-        first = 1 + scale * (lay.first_chunk - 1)
-        if chunk == 0:
-            return range(0, first)
-        start = first + scale * lay.chunk * (chunk - 1)
-        return range(start, start + scale * lay.chunk)
+        return self.geometry.chunk_video_frames(chunk)
 
     def audio_window_start(self, chunk: int) -> int:
-        """First video frame of the audio window of a chunk: the window ends where the chunk ends."""
-        return max(0, self.chunk_video_frames(chunk).stop - self.window_video_frames)
+        return self.geometry.audio_window_start(chunk)
 
     def chunks_for(self, video_frames: int) -> int:
-        """How many chunks it takes to cover `video_frames` frames."""
-        chunk = 0
-        while self.chunk_video_frames(chunk).stop < video_frames:
-            chunk += 1
-        return chunk + 1
+        return self.geometry.chunks_for(video_frames)
 
     @property
     def memory_bytes(self) -> int:
-        return sum(m.nbytes for m in [*self.memories, *self.null_memories.values()])
+        return sum(m.nbytes for m in self._distinct_memories())
+
+    def _distinct_memories(self) -> list:
+        return list({id(m): m for m in [*self.memories, *self.null_memories.values()]}.values())
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -167,17 +218,18 @@ class StreamingSession:
     def next_chunk(self, audio: torch.Tensor) -> Chunk:
         """Denoise the next chunk given its audio window [B, 53, audio_window, layers, channels]."""
         began = time.perf_counter()
-        model, config, lay, k = self.model, self.config, self.config.layout, self.chunk_index
-        slot, frames = (0, lay.first_chunk) if k == 0 else (lay.chunk_slot, lay.chunk)
-        if k >= 2:  # the window is full: make room (chunk 1 filled slots 6..13)
-            filters = model.memory_filters(self.parallel)
-            for memory in [*self.memories, *self.null_memories.values()]:
-                memory.compress_and_shift(filters)
+        model, config, k = self.model, self.config, self.chunk_index
+        rows = self.geometry.audio_rows(k)
+        frames = rows.stop - rows.start
+        filters = model.memory_filters(self.parallel) if k >= 2 and config.compression == "conv" else ()
+        slots = {memory.begin_chunk(k, filters) for memory in self._distinct_memories()}
+        if len(slots) != 1:
+            raise RuntimeError(f"memories disagree on the slot of chunk {k}: {sorted(slots)}")
+        slot = slots.pop()
         audio = audio.to(model.device)
-        chunk_rows = slice(slot, slot + frames)
-        audio_tokens = model.project_audio(audio)[:, chunk_rows]
-        null_tokens = self._null_audio_tokens(audio)[:, chunk_rows] if self.null_memories else None
-        y, context = self.y[:, :, chunk_rows], self._context(k)
+        audio_tokens = model.project_audio(audio)[:, rows]
+        null_tokens = self._null_audio_tokens(audio)[:, rows] if self.null_memories else None
+        y, context = self.y[:, :, rows], self._context(k)
 
         sampler = config.sampler
         x = self._draw((frames,))
@@ -192,8 +244,21 @@ class StreamingSession:
                 self.on_step(k, step, x, velocity)
             last = step == sampler.num_steps - 1
             x = sampler.step(x, velocity, step, None if last else self._draw((frames,)))
+        if config.context == "clean":
+            self._remember_clean(x, k, y, context, audio_tokens, null_tokens, slot)
         self.chunk_index += 1
         return Chunk(k, x, self.chunk_video_frames(k), time.perf_counter() - began, self.memory_bytes)
+
+    def _remember_clean(self, x, chunk, y, context, audio_tokens, null_tokens, slot) -> None:
+        """Clean context: rewrite the chunk's slots of the shared memory (and the null-audio one) from a pass at
+        t = 0 over the chunk as it came out -- the portrait itself in frame 0 of the first, as in training."""
+        if chunk == 0:
+            x = x.clone()
+            x[:, :, 0] = self.y[:, -x.shape[1]:, 0]  # y = mask + latents: its last out_dim channels
+        shared_null = next(iter(self.null_memories.values()), None)  # in clean context: one for all guided steps
+        for memory, tokens in ((self.memories[0], audio_tokens), (shared_null, null_tokens)):
+            if memory is not None:
+                self.model(x, 0.0, y, context, tokens, memory, slot, self.parallel)
 
     def _null_audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
         if self._null_tokens is None:

@@ -259,6 +259,23 @@ def render(identity: torch.Tensor, params: torch.Tensor, size: int = 128) -> tor
     return canvas.clamp(0, 1)
 
 
+def to_image(frame: torch.Tensor):
+    """A frame [3, H, W] in [0, 1] as an RGB PIL image (what a user would upload)."""
+    from PIL import Image
+
+    return Image.fromarray((frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def mouth_position(identity: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Where `render` draws the mouth's centre: [B, 2] (x, y) in image coordinates [-1, 1], y down -- the
+    landmark a real pipeline would get from a face detector (training weights the lip region by it)."""
+    params = params.reshape(-1, len(FRAME_PARAMS)).float()
+    yaw, pitch, roll = (params[:, FRAME_PARAMS.index(name)] for name in ("yaw", "pitch", "roll"))
+    u, v = 0.6 * yaw, 0.45 * identity[IDENTITY_PARAMS.index("head_height")]  # in the face's rotated frame
+    cx, cy = 0.35 * yaw, 0.10 + 0.30 * pitch
+    return torch.stack([cx + torch.cos(roll) * u - torch.sin(roll) * v, cy + torch.sin(roll) * u + torch.cos(roll) * v], 1)
+
+
 # -- clips --------------------------------------------------------------------------------------------
 
 @dataclass

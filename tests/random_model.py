@@ -7,20 +7,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast, UMT5Config,
-                          UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model)
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel,
+                          Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model)
 
+from liveact.tiny import word_tokenizer
 from liveact.transformer import LiveActTransformer
 
 WORDS = ["<pad>", "</s>", "<unk>", "a", "person", "is", "talking", "smiles", "nods", "the"]
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def build_random_model(folder: Path, size=(32, 32), fps: float = 20, seed: int = 0, class_name: str | None = None) -> Path:
@@ -34,7 +27,7 @@ def build_random_model(folder: Path, size=(32, 32), fps: float = 20, seed: int =
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder / "image_processor")
     UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
                                 relative_attention_num_buckets=8)).save_pretrained(folder / "text_encoder")
-    word_tokenizer().save_pretrained(folder / "tokenizer")
+    word_tokenizer(WORDS).save_pretrained(folder / "tokenizer")
     wav2vec = Wav2Vec2Config(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
                              conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
     Wav2Vec2Model(wav2vec).save_pretrained(folder / "audio_encoder")
