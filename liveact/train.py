@@ -39,6 +39,7 @@ def _seed_everything(seed: int) -> torch.Generator:
 
 
 def _cosine(step: int, steps: int, peak: float, warmup: int = 100) -> float:
+    warmup = min(warmup, steps // 10)  # short fine-tunes warm up for a tenth of their steps
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
