@@ -258,7 +258,7 @@ LIP_WEIGHT, LIP_RADIUS = 8.0, 1.0  # extra loss weight at the mouth, its Gaussia
 
 def lip_weights(mouth: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Loss weights [B, 1, F, H, W]: 1, plus LIP_WEIGHT at the mouth of each latent frame (mouth [B, F, 2] in
-    latent pixels). The mouth covers ~2% of the frame; without this the audio's gradient is faint."""
+    latent pixels). The mouth covers a few latent pixels; without this the audio's share of the loss is faint."""
     ys, xs = torch.arange(height, device=mouth.device) + 0.5, torch.arange(width, device=mouth.device) + 0.5
     dx = xs.view(1, 1, 1, -1) - mouth[..., 0, None, None]
     dy = ys.view(1, 1, -1, 1) - mouth[..., 1, None, None]
