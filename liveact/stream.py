@@ -177,6 +177,8 @@ class StreamingSession:
             shared, shared_null = make_memory(), make_memory() if guided else None
             self.memories = [shared] * steps
             self.null_memories = {step: shared_null for step in guided}
+        # each memory once (in clean context the steps share one): computed here, not per chunk
+        self._distinct_memories = list({id(m): m for m in [*self.memories, *self.null_memories.values()]}.values())
         self._null_tokens = None  # tokens of all-zero audio: the same for every chunk
         self.chunk_index = 0
 
@@ -197,10 +199,7 @@ class StreamingSession:
 
     @property
     def memory_bytes(self) -> int:
-        return sum(m.nbytes for m in self._distinct_memories())
-
-    def _distinct_memories(self) -> list:
-        return list({id(m): m for m in [*self.memories, *self.null_memories.values()]}.values())
+        return sum(m.nbytes for m in self._distinct_memories)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -222,7 +221,7 @@ class StreamingSession:
         rows = self.geometry.audio_rows(k)
         frames = rows.stop - rows.start
         filters = model.memory_filters(self.parallel) if k >= 2 and config.compression == "conv" else ()
-        slots = {memory.begin_chunk(k, filters) for memory in self._distinct_memories()}
+        slots = {memory.begin_chunk(k, filters) for memory in self._distinct_memories}
         if len(slots) != 1:
             raise RuntimeError(f"memories disagree on the slot of chunk {k}: {sorted(slots)}")
         slot = slots.pop()

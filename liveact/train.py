@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .autoencoder import TinyVideoAutoencoder
+from .memory import MemoryLayout, UnrolledMemory
+from .stream import ChunkGeometry, StreamConfig, audio_window
 from .synthetic import make_clip, random_frames
 
 
@@ -284,9 +286,6 @@ def clip_loss(model, batch: dict, objective: str, compression: str, generator: t
     - diffusion: each chunk at its own level (a step, or clean), attending to its predecessors at theirs.
     `stream` supplies the schedule and the steps without audio (default: `StreamConfig()`, as at inference).
     """
-    from .memory import UnrolledMemory
-    from .stream import StreamConfig, audio_window
-
     stream = stream or StreamConfig()
     cfg, levels = model.config, stream.sampler.timesteps[:-1]
     x0, y = batch["latents"], batch["y"]  # [B, 16, 30, h, w], [B, 20, 14, h, w]
@@ -323,8 +322,6 @@ def train_denoiser(out: str | Path, steps: int = 1800, batch: int = 8, lr: float
                    transformer: dict | None = None, init: str | Path | None = None) -> dict:
     """Train the tiny LiveAct denoiser and write a complete model folder to `out` (resumes from its checkpoint).
     `init`: start from the weights of a model folder (fine-tuning) instead of a fresh initialisation."""
-    from .memory import MemoryLayout
-    from .stream import ChunkGeometry
     from .tiny import TRANSFORMER, copy_encoders, save_encoders, write_settings
     from .transformer import LiveActTransformer
 
