@@ -69,8 +69,9 @@ class VideoChunk:
     index: int
     frames: np.ndarray  # uint8 [T, H, W, 3]
     first_frame: int  # index of frames[0] in the whole video
-    seconds: float  # denoise + decode wall time
+    seconds: float  # wall time of the chunk: audio features (live sessions) + denoise + decode
     memory_bytes: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of "audio", "denoise", "decode"
 
 
 def _load_vae(folder: Path, device, dtype) -> VideoAutoencoder:
@@ -178,7 +179,9 @@ class LiveSession:
             if not self.features.ready(start):
                 return
             began = time.perf_counter()
-            yield self._decode(self.session.next_chunk(self.features.window(start)), began)
+            window = self.features.window(start)
+            featurized = time.perf_counter()
+            yield self._decode(self.session.next_chunk(window), began, featurized - began)
 
     def chunks_from_features(self, features: torch.Tensor, count: int) -> Iterator[VideoChunk]:
         """Chunks from precomputed per-frame features of a whole recording."""
@@ -187,10 +190,13 @@ class LiveSession:
             yield self._decode(chunk, began)
             began = time.perf_counter()
 
-    def _decode(self, chunk, began: float) -> VideoChunk:
+    def _decode(self, chunk, began: float, audio_seconds: float = 0.0) -> VideoChunk:
+        decoding = time.perf_counter()
         video = self.decoder.decode(chunk.latents)  # [B, 3, T, H, W] in [-1, 1]
         frames = ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return VideoChunk(chunk.index, frames, chunk.video_frames.start, time.perf_counter() - began, chunk.memory_bytes)
+        done = time.perf_counter()
+        timings = {"audio": audio_seconds, "denoise": chunk.seconds, "decode": done - decoding}
+        return VideoChunk(chunk.index, frames, chunk.video_frames.start, done - began, chunk.memory_bytes, timings)
 
 
 # -- loading --------------------------------------------------------------------------------------
