@@ -8,10 +8,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install system-deps clean
 
-# ffmpeg/ffprobe: video encoding and probing (PyAV and moviepy bring their own libraries, the tests use the CLI)
+# ffmpeg/ffprobe: segments and probing; espeak-ng: the app's text to speech; chromium: the browser tests
+SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium
 system-deps:
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null)
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng chromium >/dev/null; fi
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	@echo "The Gradio app arrives in a later issue (#7); until then try the core: see README.md."
+	$(BIN)/python app.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,6 +3,7 @@
     python -m liveact generate --image portrait.png --audio speech.wav --out talk.mp4
     python -m liveact train denoiser | autoencoder | reader   (the tiny scale, on the synthetic world)
     python -m liveact eval --model tiny --minutes 5       (long rollouts scored: lip sync, drift, flicker)
+    python -m liveact bench [--long-minutes 30] [--flops] (speed, constant memory, the 18B model's cost)
     python -m liveact world sheet | autoencoder-bench     (docs figures of the synthetic world)
 
 Also runs the reference's example files: `python -m liveact generate --input-json examples.json --out outdir/`
@@ -133,13 +134,26 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--plot", help="PNG of identity drift over time")
     evaluate.add_argument("--sheet", help="PNG of frames at 0 s, 10 s, 1, 2 and 5 min of each rollout")
     evaluate.add_argument("--label", help="the model's name in the table row")
+    bench = commands.add_parser("bench", help="speed, memory over long runs, the 18B model's FLOPs")
+    bench.add_argument("--model", default="tiny", help="preset (tiny, liveact-18b) or model folder")
+    bench.add_argument("--size", help="WIDTH*HEIGHT (default: the model's)")
+    bench.add_argument("--device", help="cpu, cuda (default: the model's)")
+    bench.add_argument("--seconds", type=float, default=30.0, help="speech per speed run")
+    bench.add_argument("--runs", type=int, default=3, help="speed runs (headline numbers are their medians)")
+    bench.add_argument("--long-minutes", type=float, help="also stream this many minutes per memory variant")
+    bench.add_argument("--long-budget", type=float, default=900.0, help="wall seconds a long-run variant may take")
+    bench.add_argument("--flops", action="store_true", help="also count the 18B config's FLOPs (meta device)")
+    bench.add_argument("--json", help="write the report here")
+    bench.add_argument("--markdown", help="write the tables here (e.g. docs/BENCHMARKS.md)")
+    bench.add_argument("--plot", help="PNG of latency and memory")
     world = commands.add_parser("world", help="the synthetic world: contact sheet, autoencoder benchmark")
     world.add_argument("what", choices=["sheet", "autoencoder-bench"])
     world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
     world.add_argument("--seconds", type=float, default=10.0, help="video decoded per benchmark run")
     args = parser.parse_args(argv)
     _quiet_libraries()
-    return {"generate": generate, "train": train_command, "eval": eval_command, "world": world_command}[args.command](args)
+    return {"generate": generate, "train": train_command, "eval": eval_command, "bench": bench_command,
+            "world": world_command}[args.command](args)
 
 
 def train_command(args) -> int:
@@ -180,6 +194,26 @@ def eval_command(args) -> int:
             write(path)
     print(TABLE_HEADER)
     print(table_row(summary, args.label))
+    return 0
+
+
+def bench_command(args) -> int:
+    from . import bench
+    from .hub import LiveActError
+
+    try:
+        report = bench.run(args.model, args.seconds, args.runs, args.long_minutes, args.long_budget, args.flops,
+                           args.device, args.size)
+    except LiveActError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = bench.markdown(report)
+    for path, write in ((args.json, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n")),
+                        (args.markdown, lambda p: Path(p).write_text(table)), (args.plot, lambda p: bench.plot(report, p))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+    print(table)
     return 0
 
 

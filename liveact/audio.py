@@ -54,6 +54,18 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return samples
 
 
+def save_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Mono float samples in [-1, 1] -> 16-bit PCM wav."""
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return Path(path)
+
+
 def _filter(samples: np.ndarray, sample_rate: int, *filters: tuple[str, str]) -> np.ndarray:
     """Run mono float32 samples through an ffmpeg audio filter chain."""
     graph = av.filter.Graph()
@@ -83,6 +95,19 @@ def prepare_speech(samples: np.ndarray, sample_rate: int, fps: float, gain: floa
         filters.append(("aresample", str(SAMPLE_RATE)))
     speech = _filter(samples, sample_rate, *filters) if filters and samples.size else samples
     return (speech * gain).astype(np.float32)
+
+
+def as_mono(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """int16 or float samples, mono or [samples, channels] (a microphone's), -> mono float32 at `target_rate`."""
+    samples = np.asarray(samples)
+    if samples.dtype == np.int16:
+        samples = samples.astype(np.float32) / 32768.0
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)
+    samples = samples.astype(np.float32)
+    if sample_rate != target_rate and samples.size:
+        samples = _filter(samples, sample_rate, ("aresample", str(target_rate)))
+    return samples
 
 
 def frames_in(speech: np.ndarray) -> int:
@@ -190,15 +215,7 @@ class StreamingFeatures:
 
     def push(self, samples: np.ndarray, sample_rate: int | None = None) -> None:
         """Append mono samples (int16 or float; resampled when `sample_rate` differs, e.g. a 48 kHz microphone)."""
-        samples = np.asarray(samples)
-        if samples.dtype == np.int16:
-            samples = samples.astype(np.float32) / 32768.0
-        if samples.ndim == 2:  # [samples, channels] from a microphone
-            samples = samples.mean(axis=1)
-        samples = samples.astype(np.float32)
-        if sample_rate and sample_rate != self.sample_rate and samples.size:
-            samples = _filter(samples, sample_rate, ("aresample", str(self.sample_rate)))
-        self._buffer = np.concatenate([self._buffer, samples])
+        self._buffer = np.concatenate([self._buffer, as_mono(samples, sample_rate or self.sample_rate, self.sample_rate)])
 
     def finish(self) -> None:
         """No more audio: later windows use what there is (frames past the end are clamped)."""

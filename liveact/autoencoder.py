@@ -44,6 +44,7 @@ class Up(nn.Module):
 
 class TinyVideoAutoencoder(ModelMixin, ConfigMixin):
     temporal_ratio, spatial_ratio = 4, 8
+    independent_groups = True  # each latent frame is encoded from its own 4 video frames only
 
     @register_to_config
     def __init__(self, z_dim: int = 16, channels: tuple[int, ...] = (32, 48, 64, 96),
@@ -92,12 +93,12 @@ class TinyVideoAutoencoder(ModelMixin, ConfigMixin):
 
     def encode_raw(self, video: torch.Tensor) -> torch.Tensor:
         """Video in [-1, 1] -> unnormalised latents [B, z, 1 + n, H/8, W/8] (differentiable, for training)."""
-        z = self.encoder(self.groups(video))
+        z = self.encoder(self.groups(video).contiguous(memory_format=torch.channels_last))
         return z.view(video.shape[0], -1, *z.shape[1:]).transpose(1, 2)
 
     def decode_raw(self, z: torch.Tensor, first: bool = True) -> torch.Tensor:
         """Unnormalised latents [B, z, F, h, w] -> video [B, 3, T, H, W] (not clamped)."""
-        groups = self.decoder(z.transpose(1, 2).flatten(0, 1))
+        groups = self.decoder(z.transpose(1, 2).flatten(0, 1).contiguous(memory_format=torch.channels_last))
         return self.ungroup(groups, z.shape[0], first)
 
     @torch.no_grad()
@@ -112,6 +113,12 @@ class TinyVideoAutoencoder(ModelMixin, ConfigMixin):
 
     def streaming_decoder(self) -> "TinyStreamingDecoder":
         return TinyStreamingDecoder(self)
+
+    def channels_last(self) -> "TinyVideoAutoencoder":
+        """Convolution weights in channels-last layout: oneDNN runs these convs 1.5-2x faster on a CPU."""
+        for net in (self.encoder, self.decoder):
+            net.to(memory_format=torch.channels_last)
+        return self
 
 
 class TinyStreamingDecoder:
@@ -129,7 +136,7 @@ class TinyStreamingDecoder:
 def load_autoencoder(path: str | Path = WEIGHTS) -> TinyVideoAutoencoder:
     if not Path(path).exists():
         raise FileNotFoundError(f"no autoencoder weights at {path}: train them with `python -m liveact train autoencoder`")
-    return TinyVideoAutoencoder.from_pretrained(path).eval()
+    return TinyVideoAutoencoder.from_pretrained(path).eval().channels_last()
 
 
 def decode_rate(model: TinyVideoAutoencoder, seconds: float = 10.0, size: int = 128, runs: int = 3) -> float:

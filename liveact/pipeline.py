@@ -69,8 +69,9 @@ class VideoChunk:
     index: int
     frames: np.ndarray  # uint8 [T, H, W, 3]
     first_frame: int  # index of frames[0] in the whole video
-    seconds: float  # denoise + decode wall time
+    seconds: float  # wall time of the chunk: audio features (live sessions) + denoise + decode
     memory_bytes: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of "audio", "denoise", "decode"
 
 
 def _load_vae(folder: Path, device, dtype) -> VideoAutoencoder:
@@ -94,23 +95,25 @@ class LiveActPipeline:
 
     # -- conditioning ----------------------------------------------------------------------------
 
-    def _portrait(self, image: str | Path | Image.Image | np.ndarray) -> Image.Image:
+    def _portrait(self, image: str | Path | Image.Image | np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
         if isinstance(image, (str, Path)):
             try:
                 image = Image.open(image)
             except (OSError, ValueError) as error:
                 raise LiveActError(f"cannot read the portrait {image}: {error}.") from None
-        return center_crop_resize(image, *self.size)
+        return center_crop_resize(image, *(size or self.size))
 
     def start(self, image, prompt: str = "", seed: int = 42, edits: Sequence[tuple[int, int | None, str]] = (),
-              audio_stream: StreamingFeatures | None = None) -> "LiveSession":
-        """A live session for a portrait: feed it speech, take its chunks."""
-        portrait = self._portrait(image)
+              audio_stream: StreamingFeatures | None = None, stream: StreamConfig | None = None,
+              size: str | Sequence[int] | None = None) -> "LiveSession":
+        """A live session for a portrait: feed it speech, take its chunks (`stream` and `size` override the
+        pipeline's memory, guidance and resolution for this session only)."""
+        portrait = self._portrait(image, None if size is None else parse_size(size))
         device = self.options.device
         y = condition(self.vae, image_to_tensor(portrait).to(device), self.options.stream.layout.window)
         image_tokens = self.image_encoder(portrait)
         session = StreamingSession(
-            self.transformer, y, image_tokens, self.text_encoder(prompt), config=self.options.stream,
+            self.transformer, y, image_tokens, self.text_encoder(prompt), config=stream or self.options.stream,
             generator=torch.Generator().manual_seed(seed), parallel=self.parallel,
             edits=[PromptEdit(start, end, self.text_encoder(text)) for start, end, text in edits])
         features = audio_stream or StreamingFeatures(self.featurizer, self.fps,
@@ -166,19 +169,22 @@ class LiveSession:
     def finish(self) -> None:
         self.features.finish()
 
-    def _done(self) -> bool:
+    @property
+    def done(self) -> bool:
         """All received audio is covered (only once the speech has ended)."""
         needed = self.session.chunks_for(max(self.features.received_frames, 1))
         return self.features.finished and self.session.chunk_index >= needed
 
     def chunks(self) -> Iterator[VideoChunk]:
         """Chunks for which enough speech has arrived; returns when it must wait for more (or is done)."""
-        while not self._done():
+        while not self.done:
             start = self.session.audio_window_start(self.session.chunk_index)
             if not self.features.ready(start):
                 return
             began = time.perf_counter()
-            yield self._decode(self.session.next_chunk(self.features.window(start)), began)
+            window = self.features.window(start)
+            featurized = time.perf_counter()
+            yield self._decode(self.session.next_chunk(window), began, featurized - began)
 
     def chunks_from_features(self, features: torch.Tensor, count: int) -> Iterator[VideoChunk]:
         """Chunks from precomputed per-frame features of a whole recording."""
@@ -187,10 +193,13 @@ class LiveSession:
             yield self._decode(chunk, began)
             began = time.perf_counter()
 
-    def _decode(self, chunk, began: float) -> VideoChunk:
+    def _decode(self, chunk, began: float, audio_seconds: float = 0.0) -> VideoChunk:
+        decoding = time.perf_counter()
         video = self.decoder.decode(chunk.latents)  # [B, 3, T, H, W] in [-1, 1]
         frames = ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return VideoChunk(chunk.index, frames, chunk.video_frames.start, time.perf_counter() - began, chunk.memory_bytes)
+        done = time.perf_counter()
+        timings = {"audio": audio_seconds, "denoise": chunk.seconds, "decode": done - decoding}
+        return VideoChunk(chunk.index, frames, chunk.video_frames.start, done - began, chunk.memory_bytes, timings)
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -42,9 +42,13 @@ def condition(vae: VideoAutoencoder, image: torch.Tensor, window: int = 14) -> t
     The portrait followed by zero frames fills the window's 1 + 4(window-1) video frames; the mask is 1
     on the first latent frame (the portrait) and 0 elsewhere, one channel per video frame it covers.
     """
-    frames = 1 + vae.temporal_ratio * (window - 1)
+    # an autoencoder whose latent frames do not see each other encodes one zero group, not window-1 equal ones
+    groups = 2 if getattr(vae, "independent_groups", False) else window
+    frames = 1 + vae.temporal_ratio * (groups - 1)
     video = torch.cat([image[:, :, None], image.new_zeros(image.shape[0], 3, frames - 1, *image.shape[2:])], dim=2)
     latents = vae.encode(video)
+    latents = torch.cat([latents[:, :, :1], latents[:, :, -1:].expand(-1, -1, window - groups + 1, -1, -1)], dim=2) \
+        if groups < window else latents
     mask = torch.zeros(latents.shape[0], vae.temporal_ratio, *latents.shape[2:], dtype=latents.dtype, device=latents.device)
     mask[:, :, 0] = 1
     return torch.cat([mask, latents], dim=1)

@@ -77,3 +77,25 @@ def random_model_dir(tmp_path_factory) -> Path:
     from random_model import build_random_model
 
     return build_random_model(tmp_path_factory.mktemp("random-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    """The shipped tiny model, loaded once for the tests that stream with it."""
+    from liveact.pipeline import load
+
+    return load("tiny")
+
+
+def probe(path: Path) -> dict:
+    """ffprobe's view of a media file: its streams and first video frame's picture type."""
+    import json
+
+    shown = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+                           capture_output=True, text=True, check=True)
+    info = json.loads(shown.stdout)
+    first = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
+                            "-show_entries", "frame=pict_type,key_frame", "-of", "csv=p=0", str(path)],
+                           capture_output=True, text=True, check=True)
+    info["first_frame"] = first.stdout.strip().splitlines()[0]
+    return info

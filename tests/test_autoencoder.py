@@ -42,3 +42,11 @@ def test_shipped_weights_decode_100_frames_per_second_at_128():
     rate = decode_rate(load_autoencoder(), seconds=12.0)  # median of 3 runs after a warm-up
     print(f"\ntiny autoencoder streaming decode: {rate:.0f} frames/s at 128x128")
     assert rate >= 100
+
+
+def test_conditioning_encodes_one_zero_group_and_equals_the_whole_window():
+    model = load_autoencoder()
+    portrait = torch.rand(1, 3, 128, 128) * 2 - 1
+    shortcut = condition(model, portrait, 14)
+    model.independent_groups = False  # the generic path: all 53 frames through the encoder
+    assert torch.equal(shortcut, condition(model, portrait, 14))

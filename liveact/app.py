@@ -1,0 +1,286 @@
+"""The web demo: a portrait and speech in, talking video streamed out as it is generated.
+
+    python app.py [--host 127.0.0.1] [--port 7860] [--model tiny]      (or LIVEACT_MODEL=liveact-18b)
+
+Three ways to give speech: an audio file (or a recording), a sentence spoken by a local text-to-speech
+engine, or live from the microphone (video follows the voice for as long as the visitor talks). Each
+chunk is sent to the browser as an H.264 segment the moment it is decoded; at the end the whole video
+is offered as an mp4. One generation runs per device at a time; the others wait in the queue.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE, AudioError, load_audio, save_wav
+from .hub import PRESETS, LiveActError
+from .pipeline import LiveActPipeline, load
+from .serve import Broadcast, Limits, parse_edits
+from .synthetic import REST, identity, render, speech, to_image
+from .tts import speak
+
+EXAMPLE_SEEDS = (7_000_101, 7_000_202, 7_000_303, 7_000_404)  # held-out identities of the synthetic world
+EXAMPLE_SECONDS = 20.0
+SIZES_18B = ("512*512", "416*720", "720*416", "480*832")
+PLOT_EVERY = 4  # chunks between redraws of the latency plot
+
+
+def load_model(name: str) -> tuple[LiveActPipeline, str]:
+    """The model asked for, or the tiny one with a sentence saying why (no weights, no GPU)."""
+    try:
+        return load(name), ""
+    except LiveActError as error:
+        if name == "tiny":
+            raise
+        return load("tiny"), f"**{name} is not available here, so this demo runs the tiny model:** {error}"
+
+
+def write_examples(folder: Path, size: int) -> list[tuple[str, str]]:
+    """Portraits of unseen synthetic identities and speech for them (made once, at start-up)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = []
+    for number, seed in enumerate(EXAMPLE_SEEDS, 1):
+        portrait, voice = folder / f"person-{number}.png", folder / f"speech-{number}.wav"
+        if not portrait.exists():
+            to_image(render(identity(seed), REST, size)[0]).save(portrait)
+        if not voice.exists():
+            save_wav(voice, speech(EXAMPLE_SECONDS, seed), SAMPLE_RATE)
+        examples.append((str(portrait), str(voice)))
+    return examples
+
+
+class Studio:
+    """The app's state: the model, the limits, and every viewer's running broadcast (one per browser tab)."""
+
+    def __init__(self, model: str = "tiny", limits: Limits | None = None, root: str | Path | None = None):
+        self.pipe, self.notice = load_model(model)
+        self.limits = limits or Limits.from_env()
+        self.root = root
+        self.broadcasts: dict[str, Broadcast] = {}
+        self._lock = threading.Lock()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One chunk at start-up, so the first visitor does not pay for lazy initialisation."""
+        with Broadcast(self.pipe.start(to_image(render(identity(EXAMPLE_SEEDS[0]), REST, self.pipe.size[0])[0])),
+                       root=self.root) as broadcast:
+            broadcast.feed(speech(1.0, EXAMPLE_SEEDS[0]), SAMPLE_RATE)
+            broadcast.finish()
+            next(broadcast.segments())
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def _open(self, key: str, portrait, prompt: str, seed: float, edits: str, memory: str, guidance: float,
+              fp8: bool, size: str | None, began: float) -> Broadcast:
+        self.end(key)  # a new generation replaces the tab's previous one
+        if portrait is None:
+            raise LiveActError("choose a portrait first (upload one or click a ready identity).")
+        pipe = self.pipe
+        stream = replace(pipe.options.stream, compression=memory, audio_guidance=float(guidance), fp8_memory=bool(fp8))
+        live = pipe.start(portrait, prompt or "", int(seed), parse_edits(edits or "", _geometry(pipe), pipe.fps),
+                          stream=stream, size=size if resizable(pipe) else None)
+        broadcast = Broadcast(live, root=self.root, max_seconds=self.limits.max_session_seconds, began=began)
+        with self._lock:
+            self.broadcasts[key] = broadcast
+        return broadcast
+
+    def end(self, key: str) -> None:
+        """Stop a tab's broadcast and delete its segments (Stop, a new generation, or the tab closing)."""
+        with self._lock:
+            broadcast = self.broadcasts.pop(key, None)
+        if broadcast is not None:
+            broadcast.close()
+
+    def active(self) -> int:
+        with self._lock:
+            return len(self.broadcasts)
+
+    def _speech(self, audio_path: str | None, text: str | None) -> np.ndarray:
+        if audio_path:
+            if Path(audio_path).stat().st_size > self.limits.max_upload_mb * 2**20:
+                raise AudioError(f"the audio file is larger than {self.limits.max_upload_mb:g} MB.")
+            samples = load_audio(audio_path)
+        elif text and text.strip():
+            samples = speak(text)
+        else:
+            raise AudioError("give some speech: an audio file, a recording, or a sentence to say.")
+        seconds = len(samples) / SAMPLE_RATE
+        if seconds > self.limits.max_audio_seconds:
+            raise AudioError(f"the speech is {seconds:.0f} s long; this server animates at most "
+                             f"{self.limits.max_audio_seconds:.0f} s.")
+        return samples
+
+    # -- the events -----------------------------------------------------------------------------------
+
+    def generate(self, portrait, audio_path, text, prompt, edits, seed, memory, guidance, fp8, size,
+                 request: gr.Request):
+        """Speech given at once (file, recording or sentence): stream every chunk, then offer the mp4."""
+        began, key = time.perf_counter(), _key(request)
+        try:
+            samples = self._speech(audio_path, text)
+            broadcast = self._open(key, portrait, prompt, seed, edits, memory, guidance, fp8, size, began)
+        except (LiveActError, ValueError) as error:
+            raise gr.Error(str(error)) from None
+        try:
+            broadcast.feed(samples, SAMPLE_RATE)
+            broadcast.finish()
+            yield from self._stream(broadcast)
+            movie = broadcast.movie()
+            if movie is not None:
+                yield {"download": str(movie)}
+        finally:
+            self.end(key)
+
+    def go_live(self, portrait, prompt, edits, seed, memory, guidance, fp8, size, request: gr.Request):
+        """The microphone is recording: stream video for as long as speech arrives (see `hear`)."""
+        began, key = time.perf_counter(), _key(request)
+        try:
+            broadcast = self._open(key, portrait, prompt, seed, edits, memory, guidance, fp8, size, began)
+        except (LiveActError, ValueError) as error:
+            raise gr.Error(str(error)) from None
+        try:
+            yield from self._stream(broadcast)
+        finally:
+            self.end(key)
+
+    def hear(self, chunk, request: gr.Request) -> None:
+        """A piece of microphone audio (sample rate, int16 samples) for this tab's live broadcast."""
+        broadcast = self.broadcasts.get(_key(request))
+        if broadcast is not None and chunk is not None:
+            broadcast.feed(chunk[1], chunk[0])
+
+    def quiet(self, request: gr.Request) -> None:
+        """The microphone stopped: the broadcast finishes the speech it has."""
+        broadcast = self.broadcasts.get(_key(request))
+        if broadcast is not None:
+            broadcast.finish()
+
+    def stop(self, request: gr.Request) -> None:
+        self.end(_key(request))
+
+    def _stream(self, broadcast: Broadcast):
+        for segment in broadcast.segments():
+            stats = broadcast.stats
+            update = {"video": str(segment), "stats": stats.markdown()}
+            if stats.chunk % PLOT_EVERY == 1:  # redrawing the plot costs the browser's CPU: not every chunk
+                update["latency"] = latency_frame(stats)
+            yield update
+        yield {"latency": latency_frame(broadcast.stats)}
+
+
+def resizable(pipe: LiveActPipeline) -> bool:
+    """The 18B presets run at any of the reference's resolutions; a trained tiny model at its own only."""
+    return pipe.name in PRESETS and PRESETS[pipe.name].needs_gpu
+
+
+def _geometry(pipe: LiveActPipeline):
+    from .stream import ChunkGeometry
+
+    return ChunkGeometry(pipe.options.stream.layout, pipe.transformer.config.vae_scale)
+
+
+def _key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def latency_frame(stats):
+    import pandas as pd
+
+    return pd.DataFrame({"chunk": range(len(stats.latencies_ms)), "ms": stats.latencies_ms})
+
+
+# -- the page --------------------------------------------------------------------------------------------
+
+def build(studio: Studio, examples_folder: str | Path) -> gr.Blocks:
+    pipe = studio.pipe
+    examples = write_examples(Path(examples_folder), pipe.size[0])
+    with gr.Blocks(title="liveact: real-time talking heads", delete_cache=(600, 1800)) as demo:
+        gr.Markdown("# liveact\nA portrait and speech in, a talking video **streamed as it is generated** "
+                    f"(model: `{pipe.name}`, {pipe.size[1]}x{pipe.size[0]} at {pipe.fps:g} fps).")
+        if studio.notice:
+            gr.Markdown(studio.notice, elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=1):
+                portrait = gr.Image(label="Portrait", type="pil", sources=["upload", "clipboard"], height=256, elem_id="portrait")
+                gr.Examples([[p] for p, _ in examples], inputs=[portrait], label="Ready identities")
+                audio = gr.Audio(label="Speech (file or recording)", sources=["upload", "microphone"], type="filepath",
+                                 elem_id="speech")
+                text = gr.Textbox(label="…or type a sentence to say", placeholder="Hello! I am generated as you watch.")
+                prompt = gr.Textbox(label="Prompt", value="a person is talking")
+                with gr.Accordion("Advanced", open=False):
+                    edits = gr.Textbox(label="Prompt edits by time (one per line, seconds)",
+                                       placeholder="4-8: the person smiles", lines=2)
+                    seed = gr.Number(label="Seed", value=42, precision=0)
+                    memory = gr.Radio(["conv", "mean"], value="conv", label="Memory (ConvKV compression)")
+                    guidance = gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="Audio guidance (CFG)")
+                    size = gr.Dropdown(list(SIZES_18B), value="512*512", label="Resolution (18B model)", visible=resizable(pipe))
+                    fp8 = gr.Checkbox(label="fp8 key/value memory", value=False)
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                gr.Examples([[p, a, "a person is talking"] for p, a in examples], inputs=[portrait, audio, prompt],
+                            label="Examples: click one, then Generate")
+            with gr.Column(scale=1):
+                video = gr.Video(label="Live video", streaming=True, autoplay=True, elem_id="video", height=320)
+                stats = gr.Markdown("Press **Generate**.", elem_id="stats")
+                latency = gr.LinePlot(x="chunk", y="ms", title="ms per chunk", height=180, elem_id="latency")
+                download = gr.File(label="Whole video (mp4)", elem_id="download")
+                gr.Markdown("**Live:** record with the microphone below; the video follows your voice.")
+                microphone = gr.Audio(label="Live microphone", sources=["microphone"], streaming=True, elem_id="mic")
+        outputs = {"video": video, "stats": stats, "latency": latency, "download": download}
+
+        def emit(fn):  # our handlers yield dicts keyed by name; Gradio wants them keyed by component
+            @functools.wraps(fn)  # the same signature, so Gradio passes the gr.Request it asks for
+            def handler(*args):
+                for update in fn(*args):
+                    yield {outputs[name]: value for name, value in update.items()}
+            return handler
+
+        settings = [edits, seed, memory, guidance, fp8, size]
+        run = generate.click(emit(studio.generate), [portrait, audio, text, prompt, *settings], list(outputs.values()),
+                             concurrency_id="device", concurrency_limit=1, api_name="generate", show_progress="minimal")
+        live = microphone.start_recording(emit(studio.go_live), [portrait, prompt, *settings], list(outputs.values()),
+                                          concurrency_id="device", concurrency_limit=1, api_visibility="private",
+                                          show_progress="minimal")
+        microphone.stream(studio.hear, [microphone], None, stream_every=0.5, concurrency_limit=None,
+                          api_visibility="private")
+        microphone.stop_recording(studio.quiet, None, None, concurrency_limit=None, api_visibility="private")
+        stop.click(studio.stop, None, None, cancels=[run, live], concurrency_limit=None, api_visibility="private")
+        demo.unload(studio.stop)
+    demo.queue(max_size=studio.limits.max_queue)
+    return demo
+
+
+def default_threads() -> int:
+    """On a CPU, one core is left to segment encoding and a browser on the same machine: with both cores
+    (2-core machine) torch's threads and Chromium's decoder fight, and chunks take twice as long."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))  # Spaces set 0.0.0.0
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--model", default=os.environ.get("LIVEACT_MODEL", "tiny"),
+                        help="tiny (default, CPU), liveact-18b (GPUs), or a model folder")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("LIVEACT_THREADS", default_threads())),
+                        help="CPU threads for the model (default: all cores but one, left to encoding and the browser)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    studio = Studio(args.model)
+    examples = Path(tempfile.gettempdir()) / "liveact-examples"
+    demo = build(studio, examples)
+    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(examples)],
+                max_file_size=f"{studio.limits.max_upload_mb:g}mb")

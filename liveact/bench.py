@@ -1,0 +1,271 @@
+"""Benchmarks: real time on a CPU, constant memory for hours, and the 18B model's cost, counted.
+
+    python -m liveact bench                       streaming speed of the tiny model (3 runs, medians)
+    python -m liveact bench --long-minutes 30     + memory, RSS and ms per chunk over 30 minutes of video
+                                                    for conv, mean, sliding and the full cache
+    python -m liveact bench --flops               + TFLOPs per video frame of the 18B config (meta device)
+
+Speed is measured end to end, as a viewer meets it: from the portrait to the first frame of video
+(`time_to_first_frame_s`: portrait and prompt encoding, audio features, 3 denoiser calls, decode, and
+the first H.264 segment written), then every chunk, with the time split between the stages.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .evaluate import HELDOUT_SEED
+from .synthetic import REST, SAMPLE_RATE, identity, render, speech, to_image
+
+VARIANTS = ("conv", "mean", "sliding", "full")
+SIZES_18B = {"512x512": (512, 512), "416x720": (720, 416), "480x832": (832, 480)}  # name: (height, width)
+H100_PEAK_TFLOPS = {"bf16": 989.4, "fp8": 1978.9}  # dense, SXM, NVIDIA's datasheet
+PAPER_TFLOPS_PER_FRAME = 27.2  # SoulX-LiveAct, 512x512
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux /proc; elsewhere the peak so far)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _portrait_and_speech(pipe, seconds: float, seed: int):
+    person = HELDOUT_SEED + seed
+    return to_image(render(identity(person), REST, pipe.size[0])[0]), speech(seconds, person)
+
+
+# -- 1. streaming speed ------------------------------------------------------------------------------
+
+def stream_once(pipe, seconds: float, seed: int = 0) -> dict:
+    """One viewer's session (`serve.Broadcast`, as the app runs it) fed `seconds` of speech at once."""
+    from .serve import Broadcast
+
+    image, audio = _portrait_and_speech(pipe, seconds, seed)
+    began = time.perf_counter()
+    with Broadcast(pipe.start(image, prompt="a person is talking", seed=seed), began=began) as broadcast:
+        encoded = time.perf_counter() - began
+        broadcast.feed(audio, SAMPLE_RATE)
+        broadcast.finish()
+        for _ in broadcast.segments():
+            pass
+        wall, stats = time.perf_counter() - began, broadcast.stats
+    chunk_ms = stats.latencies_ms
+    return {"time_to_first_frame_s": stats.time_to_first_frame_s, "fps": stats.frames / wall,
+            "real_time_factor": stats.frames / pipe.fps / wall, "ms_per_chunk_p50": float(np.percentile(chunk_ms, 50)),
+            "ms_per_chunk_p95": float(np.percentile(chunk_ms, 95)), "ms_per_chunk_max": float(max(chunk_ms)),
+            "chunks": len(chunk_ms), "frames": stats.frames, "encode_ms": 1000 * encoded, "chunk_ms": chunk_ms,
+            "ms_per_chunk_by_stage": {stage: 1000 * total / len(chunk_ms) for stage, total in stats.stage_seconds.items()}}
+
+
+def stream_speed(pipe, seconds: float = 30.0, runs: int = 3) -> dict:
+    """`runs` sessions one after the other; each headline number is the median over the runs."""
+    results = [stream_once(pipe, seconds, seed=run) for run in range(runs)]
+    median = lambda key: float(statistics.median(r[key] for r in results))  # noqa: E731
+    summary = {key: median(key) for key in ("time_to_first_frame_s", "fps", "real_time_factor", "ms_per_chunk_p50",
+                                            "ms_per_chunk_p95", "ms_per_chunk_max", "encode_ms")}
+    summary["ms_per_chunk_by_stage"] = {stage: float(statistics.median(r["ms_per_chunk_by_stage"][stage] for r in results))
+                                        for stage in results[0]["ms_per_chunk_by_stage"]}
+    summary["runs"] = results
+    return summary
+
+
+# -- 2. long runs --------------------------------------------------------------------------------------
+
+def long_run(pipe, minutes: float = 30.0, variants=VARIANTS, budget_seconds: float = 900.0,
+             sample_seconds: float = 60.0) -> dict:
+    """Denoise `minutes` of video per memory variant (decoding adds a constant per chunk, so it is left out),
+    sampling the session's memory bytes, the process RSS and the median ms per chunk every `sample_seconds`
+    of video. A variant on pace to outlast `budget_seconds` of wall time stops early and says where."""
+    from dataclasses import replace
+
+    from .audio import featurize
+    from .stream import StreamingSession
+
+    image, audio = _portrait_and_speech(pipe, minutes * 60 + 5, seed=0)
+    features = featurize(pipe.featurizer, audio, SAMPLE_RATE, pipe.fps)
+    probe = pipe.start(image)  # the portrait's conditioning, as a live session makes it
+    image_tokens, text = pipe.image_encoder(probe.portrait), pipe.text_encoder("a person is talking")
+    results = {}
+    for variant in variants:
+        gc.collect()
+        session = StreamingSession(pipe.transformer, probe.session.y, image_tokens, text,
+                                   config=replace(pipe.options.stream, compression=variant),
+                                   generator=torch.Generator().manual_seed(0))
+        results[variant] = _sample(session, features, pipe.fps, minutes, budget_seconds, sample_seconds)
+        del session
+    return results
+
+
+def _sample(session, features: torch.Tensor, fps: float, minutes: float, budget_seconds: float,
+            sample_seconds: float) -> dict:
+    samples, recent_ms, began = [], [], time.perf_counter()
+    planned = minutes * 60 / sample_seconds
+    for chunk in session.stream(features, num_chunks=session.chunks_for(int(minutes * 60 * fps))):
+        recent_ms.append(1000 * chunk.seconds)
+        if chunk.video_frames.stop >= (len(samples) + 1) * sample_seconds * fps:  # another sample of video done
+            samples.append({"minute": round(chunk.video_frames.stop / fps / 60, 3), "memory_bytes": chunk.memory_bytes,
+                            "rss_bytes": rss_bytes(), "ms_per_chunk": float(statistics.median(recent_ms))})
+            recent_ms = []
+            if time.perf_counter() - began > budget_seconds * (len(samples) + 1) / planned:
+                break  # on pace to blow the budget (the full cache's chunks keep getting slower)
+    first, last = samples[0], samples[-1]
+    ratio = lambda key: last[key] / first[key]  # noqa: E731
+    return {"minutes_reached": last["minute"], "memory_bytes_ratio": ratio("memory_bytes"), "rss_ratio": ratio("rss_bytes"),
+            "ms_per_chunk_ratio": ratio("ms_per_chunk"), "samples": samples}
+
+
+# -- 3. the 18B model's cost, counted ---------------------------------------------------------------
+
+def flops_per_frame(height: int, width: int, with_memory: bool = True, config: dict | None = None) -> float:
+    """TFLOPs per video frame of the released configuration in steady state: one chunk of 8 latent frames
+    (32 video frames) at slot 6 against the 14-frame window, times the 3 denoising steps, counted by
+    `torch.utils.flop_counter` on the meta device (nothing is allocated or computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .memory import ConvKVMemory
+    from .sampler import FlowSampler
+    from .transformer import LiveActTransformer
+
+    config = config or json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+    with torch.device("meta"):
+        model = LiveActTransformer.from_config(config)
+        cfg, frames, h, w = model.config, 8, height // 8, width // 8
+        tokens_per_frame = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
+        latents = torch.empty(1, cfg.out_dim, frames, h, w)
+        y = torch.empty(1, cfg.in_dim - cfg.out_dim, frames, h, w)
+        context = torch.empty(1, cfg.image_tokens + cfg.text_len, cfg.dim)
+        audio = torch.empty(1, frames, cfg.context_tokens, cfg.output_dim)
+        memory = ConvKVMemory(cfg.num_layers, tokens_per_frame, cfg.num_heads, cfg.dim // cfg.num_heads,
+                              device="meta") if with_memory else None
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(latents, 900.0, y, context, audio, memory, 6 if with_memory else 0)
+    steps = FlowSampler().num_steps
+    return counter.get_total_flops() * steps / (cfg.vae_scale * frames) / 1e12
+
+
+def memory_window_bytes(height: int, width: int, fp8: bool, config: dict | None = None) -> int:
+    """Bytes of the 3 per-step key/value windows of the 18B config at a resolution (one GPU)."""
+    from .memory import ConvKVMemory
+    from .transformer import LiveActTransformer
+
+    config = config or json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+    with torch.device("meta"):
+        cfg = LiveActTransformer.from_config(config).config
+    tokens_per_frame = (height // 16) * (width // 16)
+    memory = ConvKVMemory(cfg.num_layers, tokens_per_frame, cfg.num_heads, cfg.dim // cfg.num_heads, fp8=fp8,
+                          dtype=torch.bfloat16, device="meta")
+    return 3 * memory.nbytes
+
+
+def cost_18b() -> dict:
+    """TFLOPs per frame at the three resolutions, the memory window, and the FPS ceilings on H100s."""
+    result = {"tflops_per_frame": {}, "tflops_per_frame_without_memory": {}, "memory_window_bytes": {},
+              "fps_ceiling": {}}
+    for name, (height, width) in SIZES_18B.items():
+        tflops = flops_per_frame(height, width)
+        result["tflops_per_frame"][name] = tflops
+        result["tflops_per_frame_without_memory"][name] = flops_per_frame(height, width, with_memory=False)
+        result["memory_window_bytes"][name] = {"bf16": memory_window_bytes(height, width, False),
+                                               "fp8": memory_window_bytes(height, width, True)}
+        result["fps_ceiling"][name] = {f"{gpus}xH100 {precision}": gpus * peak / tflops
+                                       for gpus in (1, 2) for precision, peak in H100_PEAK_TFLOPS.items()}
+    return result
+
+
+def machine() -> str:
+    """The machine in words: GPU name, or CPU model and the threads torch uses."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA)"
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() else "CPU"
+    return f"{model}, {os.cpu_count()} cores, torch using {torch.get_num_threads()} threads"
+
+
+def run(model: str = "tiny", seconds: float = 30.0, runs: int = 3, long_minutes: float | None = None,
+        long_budget: float = 900.0, flops: bool = False, device: str | None = None, size: str | None = None) -> dict:
+    """Everything `python -m liveact bench` measures, as one JSON-able report."""
+    from .pipeline import load
+
+    began = time.perf_counter()
+    pipe = load(model, device=device, size=size)
+    report = {"machine": machine(), "model": pipe.name, "size": f"{pipe.size[1]}x{pipe.size[0]}", "video_fps": pipe.fps,
+              "load_s": time.perf_counter() - began}
+    speed = stream_speed(pipe, seconds, runs)
+    report |= {key: value for key, value in speed.items() if key != "runs"} | {"speed": speed}
+    if long_minutes:
+        report["long"] = long_run(pipe, long_minutes, budget_seconds=long_budget)
+    if flops:
+        report["flops"] = cost_18b()
+        report["tflops_per_frame"] = report["flops"]["tflops_per_frame"]
+    return report
+
+
+# -- report --------------------------------------------------------------------------------------------
+
+def markdown(report: dict) -> str:
+    lines = [f"Machine: {report['machine']}. Model: {report['model']} at {report['size']}, {report['video_fps']:g} fps video.", ""]
+    speed = report.get("speed")
+    if speed:
+        lines += ["| time to first frame | FPS | real-time factor | ms/chunk p50 | p95 | max | audio | denoise | decode | segments |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                  f"| {speed['time_to_first_frame_s']:.2f} s | {speed['fps']:.1f} | {speed['real_time_factor']:.2f}x | "
+                  f"{speed['ms_per_chunk_p50']:.0f} | {speed['ms_per_chunk_p95']:.0f} | {speed['ms_per_chunk_max']:.0f} | "
+                  + " | ".join(f"{speed['ms_per_chunk_by_stage'][s]:.0f} ms" for s in ("audio", "denoise", "decode", "segments"))
+                  + " |", ""]
+    long = report.get("long")
+    if long:
+        lines += ["| memory | minutes reached | memory bytes ratio | RSS ratio | ms/chunk ratio | memory at the end |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {variant} | {r['minutes_reached']} | {r['memory_bytes_ratio']:.2f} | {r['rss_ratio']:.2f} | "
+                  f"{r['ms_per_chunk_ratio']:.2f} | {r['samples'][-1]['memory_bytes'] / 2**20:.1f} MiB |"
+                  for variant, r in long.items()]
+        lines.append("")
+    cost = report.get("flops")
+    if cost:
+        lines += ["| 18B at | TFLOPs / frame | without the memory frames | window bf16 | window fp8 | ceiling 1xH100 bf16 | 2xH100 bf16 | 2xH100 fp8 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, tflops in cost["tflops_per_frame"].items():
+            ceiling, window = cost["fps_ceiling"][name], cost["memory_window_bytes"][name]
+            lines.append(f"| {name} | {tflops:.1f} | {cost['tflops_per_frame_without_memory'][name]:.1f} | "
+                         f"{window['bf16'] / 2**30:.1f} GiB | {window['fp8'] / 2**30:.1f} GiB | {ceiling['1xH100 bf16']:.0f} FPS | "
+                         f"{ceiling['2xH100 bf16']:.0f} FPS | {ceiling['2xH100 fp8']:.0f} FPS |")
+        lines.append(f"\nThe paper gives {PAPER_TFLOPS_PER_FRAME} TFLOPs per frame at 512x512.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str | Path) -> Path:
+    """Per-chunk latency of the speed runs, and ms per chunk and memory over the long run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    long = report.get("long") or {}
+    figure, axes = plt.subplots(1, 3 if long else 1, figsize=(13 if long else 5, 3.5), squeeze=False)
+    for run in (report.get("speed") or {}).get("runs", []):
+        axes[0, 0].plot(run.get("chunk_ms", []), lw=1)
+    axes[0, 0].set(title="speed runs: ms per chunk", xlabel="chunk")
+    for variant, r in long.items():
+        minutes = [m["minute"] for m in r["samples"]]
+        axes[0, 1].plot(minutes, [m["ms_per_chunk"] for m in r["samples"]], marker=".", label=variant)
+        axes[0, 2].plot(minutes, [m["memory_bytes"] / 2**20 for m in r["samples"]], marker=".", label=variant)
+    if long:
+        axes[0, 1].set(title="ms per chunk (median per minute)", xlabel="minute of video", yscale="log")
+        axes[0, 2].set(title="key/value memory (MiB)", xlabel="minute of video", yscale="log")
+        axes[0, 1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
