@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
     world.add_argument("--seconds", type=float, default=10.0, help="video decoded per benchmark run")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     _quiet_libraries()
     return {"generate": generate, "train": train_command, "eval": eval_command, "bench": bench_command,
             "world": world_command}[args.command](args)
@@ -207,6 +208,9 @@ def bench_command(args) -> int:
     except LiveActError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    report["command"] = "python -m liveact " + " ".join(args.argv)
+    if args.plot and args.markdown:  # the document shows the plot, by a path relative to itself
+        report["plot"] = os.path.relpath(args.plot, Path(args.markdown).parent)
     table = bench.markdown(report)
     for path, write in ((args.json, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n")),
                         (args.markdown, lambda p: Path(p).write_text(table)), (args.plot, lambda p: bench.plot(report, p))):

@@ -34,14 +34,20 @@ SIZES_18B = ("512*512", "416*720", "720*416", "480*832")
 PLOT_EVERY = 4  # chunks between redraws of the latency plot
 
 
-def load_model(name: str) -> tuple[LiveActPipeline, str]:
-    """The model asked for, or the tiny one with a sentence saying why (no weights, no GPU)."""
+def load_model(name: str, workers: int = 1):
+    """(pipeline, worker pool or None, notice): the model asked for -- on `workers` processes, one per GPU --
+    or the tiny one with a sentence saying why not (no weights, no GPU)."""
     try:
-        return load(name), ""
-    except LiveActError as error:
+        if workers > 1:
+            from .workers import WorkerPool
+
+            pool = WorkerPool(name, workers)
+            return pool.pipe, pool, ""
+        return load(name), None, ""
+    except RuntimeError as error:  # LiveActError, or a worker that could not load the model
         if name == "tiny":
             raise
-        return load("tiny"), f"**{name} is not available here, so this demo runs the tiny model:** {error}"
+        return load("tiny"), None, f"**{name} is not available here, so this demo runs the tiny model:** {error}"
 
 
 def write_examples(folder: Path, size: int) -> list[tuple[str, str]]:
@@ -61,8 +67,10 @@ def write_examples(folder: Path, size: int) -> list[tuple[str, str]]:
 class Studio:
     """The app's state: the model, the limits, and every viewer's running broadcast (one per browser tab)."""
 
-    def __init__(self, model: str = "tiny", limits: Limits | None = None, root: str | Path | None = None):
-        self.pipe, self.notice = load_model(model)
+    def __init__(self, model: str = "tiny", limits: Limits | None = None, root: str | Path | None = None,
+                 workers: int = 1):
+        self.pipe, self.pool, self.notice = load_model(model, workers)
+        self.start = self.pool.start if self.pool is not None else self.pipe.start
         self.limits = limits or Limits.from_env()
         self.root = root
         self.broadcasts: dict[str, Broadcast] = {}
@@ -71,7 +79,7 @@ class Studio:
 
     def _warm_up(self) -> None:
         """One chunk at start-up, so the first visitor does not pay for lazy initialisation."""
-        with Broadcast(self.pipe.start(to_image(render(identity(EXAMPLE_SEEDS[0]), REST, self.pipe.size[0])[0])),
+        with Broadcast(self.start(to_image(render(identity(EXAMPLE_SEEDS[0]), REST, self.pipe.size[0])[0])),
                        root=self.root) as broadcast:
             broadcast.feed(speech(1.0, EXAMPLE_SEEDS[0]), SAMPLE_RATE)
             broadcast.finish()
@@ -86,7 +94,7 @@ class Studio:
             raise LiveActError("choose a portrait first (upload one or click a ready identity).")
         pipe = self.pipe
         stream = replace(pipe.options.stream, compression=memory, audio_guidance=float(guidance), fp8_memory=bool(fp8))
-        live = pipe.start(portrait, prompt or "", int(seed), parse_edits(edits or "", _geometry(pipe), pipe.fps),
+        live = self.start(portrait, prompt or "", int(seed), parse_edits(edits or "", _geometry(pipe), pipe.fps),
                           stream=stream, size=size if resizable(pipe) else None)
         broadcast = Broadcast(live, root=self.root, max_seconds=self.limits.max_session_seconds, began=began)
         with self._lock:
@@ -99,6 +107,12 @@ class Studio:
             broadcast = self.broadcasts.pop(key, None)
         if broadcast is not None:
             broadcast.close()
+
+    def close(self) -> None:
+        for key in list(self.broadcasts):
+            self.end(key)
+        if self.pool is not None:
+            self.pool.close()
 
     def active(self) -> int:
         with self._lock:
@@ -171,7 +185,7 @@ class Studio:
         for segment in broadcast.segments():
             stats = broadcast.stats
             update = {"video": str(segment), "stats": stats.markdown()}
-            if stats.chunk % PLOT_EVERY == 1:  # redrawing the plot costs the browser's CPU: not every chunk
+            if stats.chunk % PLOT_EVERY == 0 and stats.chunk:  # a redraw costs the browser CPU: not every chunk, not at the start
                 update["latency"] = latency_frame(stats)
             yield update
         yield {"latency": latency_frame(broadcast.stats)}
@@ -263,7 +277,13 @@ def build(studio: Studio, examples_folder: str | Path) -> gr.Blocks:
 def default_threads() -> int:
     """On a CPU, one core is left to segment encoding and a browser on the same machine: with both cores
     (2-core machine) torch's threads and Chromium's decoder fight, and chunks take twice as long."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    return int(os.environ.get("LIVEACT_THREADS", 0)) or max(1, (os.cpu_count() or 2) - 1)
+
+
+def default_workers(model: str) -> int:
+    """Every GPU for an 18B preset (the chunk's frames split across them); one process otherwise."""
+    needs_gpu = model in PRESETS and PRESETS[model].needs_gpu
+    return torch.cuda.device_count() if needs_gpu and torch.cuda.device_count() > 1 else 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -275,11 +295,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--model", default=os.environ.get("LIVEACT_MODEL", "tiny"),
                         help="tiny (default, CPU), liveact-18b (GPUs), or a model folder")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("LIVEACT_THREADS", default_threads())),
+    parser.add_argument("--threads", type=int, default=default_threads(),
                         help="CPU threads for the model (default: all cores but one, left to encoding and the browser)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("LIVEACT_WORKERS", 0)) or None,
+                        help="processes, one per GPU, that share every session (default: every GPU for the 18B "
+                             "model, else 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    studio = Studio(args.model)
+    workers = args.workers or default_workers(args.model)
+    studio = Studio(args.model, workers=workers)
     examples = Path(tempfile.gettempdir()) / "liveact-examples"
     demo = build(studio, examples)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(examples)],

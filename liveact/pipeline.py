@@ -175,16 +175,23 @@ class LiveSession:
         needed = self.session.chunks_for(max(self.features.received_frames, 1))
         return self.features.finished and self.session.chunk_index >= needed
 
+    @property
+    def ready(self) -> bool:
+        """The next chunk can be made: its speech has arrived (or the speech has ended) and it is not done."""
+        return not self.done and self.features.ready(self.session.audio_window_start(self.session.chunk_index))
+
     def chunks(self) -> Iterator[VideoChunk]:
         """Chunks for which enough speech has arrived; returns when it must wait for more (or is done)."""
-        while not self.done:
-            start = self.session.audio_window_start(self.session.chunk_index)
-            if not self.features.ready(start):
-                return
-            began = time.perf_counter()
-            window = self.features.window(start)
-            featurized = time.perf_counter()
-            yield self._decode(self.session.next_chunk(window), began, featurized - began)
+        while self.ready:
+            yield self.next_chunk()
+
+    def next_chunk(self, decode: bool = True) -> VideoChunk | None:
+        """Denoise (and decode) the next chunk; a helper rank of a parallel session denoises only."""
+        began = time.perf_counter()
+        window = self.features.window(self.session.audio_window_start(self.session.chunk_index))
+        featurized = time.perf_counter()
+        chunk = self.session.next_chunk(window)
+        return self._decode(chunk, began, featurized - began) if decode else None
 
     def chunks_from_features(self, features: torch.Tensor, count: int) -> Iterator[VideoChunk]:
         """Chunks from precomputed per-frame features of a whole recording."""

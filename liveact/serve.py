@@ -210,6 +210,9 @@ class Broadcast:
         self.stop()
         with self._writing:
             shutil.rmtree(self.folder, ignore_errors=True)
+        end = getattr(self.live, "close", None)  # a session mirrored on worker processes ends there too
+        if end is not None:
+            end()
 
     def __enter__(self) -> "Broadcast":
         return self

@@ -24,10 +24,12 @@ def test_bench_command_30_second_smoke(tmp_path):
 def test_convkv_memory_stays_flat_while_the_full_cache_grows():
     from liveact.pipeline import load
 
-    long = bench.long_run(load("tiny"), minutes=1, variants=("conv", "full"), budget_seconds=120, sample_seconds=20)
+    long = bench.long_run(load("tiny"), minutes=1, variants=("conv", "full"), budget_seconds=120, sample_seconds=20,
+                          paired_chunks=4)
     assert long["conv"]["minutes_reached"] >= 1 and long["conv"]["memory_bytes_ratio"] == 1.0
     assert long["full"]["minutes_reached"] >= 1
     assert long["full"]["memory_bytes_ratio"] > 2.5  # about 3x the frames at 60 s as at 20 s
+    assert long["full"]["ms_per_chunk_ratio"] > 1.5 > long["conv"]["ms_per_chunk_ratio"]  # paired: same machine load
 
 
 def test_18b_flops_are_counted_on_the_meta_device():

@@ -101,3 +101,31 @@ def test_a_typed_sentence_is_spoken():
     assert 1.0 < len(voice) / SAMPLE_RATE < 5.0 and np.abs(voice).max() > 0.05
     with pytest.raises(ValueError, match="no text"):
         speak("   ")
+
+
+def test_two_worker_processes_stream_what_one_process_streams(tiny_pipeline):
+    """The app's multi-GPU mode, on CPUs: rank 0 and a helper (gloo) split every chunk between them."""
+    from liveact.workers import WorkerPool
+
+    voice = speech(4.0, 7_000_021)
+
+    def frames(start) -> np.ndarray:
+        live = start(portrait(7_000_021), seed=5)
+        live.feed(voice, SAMPLE_RATE)
+        live.finish()
+        made = np.concatenate([chunk.frames for chunk in live.chunks()])
+        getattr(live, "close", lambda: None)()
+        return made
+
+    pool = WorkerPool("tiny", world=2)
+    try:
+        assert pool.pipe.parallel is not None and pool.pipe.parallel.world == 2
+        split = frames(pool.start)
+        again = frames(pool.start)  # the helper ended the first session and follows the next
+    finally:
+        pool.close()
+    single = frames(tiny_pipeline.start)
+    assert tiny_pipeline.parallel is None  # the pool's rendezvous variables did not leak into this process
+    assert split.shape == single.shape == again.shape
+    assert np.abs(split.astype(int) - single.astype(int)).max() <= 1  # float summation order only
+    assert np.array_equal(split, again)
