@@ -23,10 +23,16 @@ def test_the_four_tutorials_are_there():
     assert [path.stem[:2] for path in NOTEBOOKS] == ["01", "02", "03", "04"]
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One data cache for the notebooks that train (as on a user's machine: the second reuses the clips)."""
+    return os.environ.get("LIVEACT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
-def test_notebook_runs_within_budget(path, tmp_path, monkeypatch):
+def test_notebook_runs_within_budget(path, cache, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    monkeypatch.setenv("LIVEACT_CACHE", os.environ.get("LIVEACT_CACHE", str(tmp_path / "cache")))
+    monkeypatch.setenv("LIVEACT_CACHE", cache)
     notebook = nbformat.read(path, as_version=4)
     began = time.perf_counter()
     NotebookClient(notebook, timeout=BUDGET_SECONDS, kernel_name="python3",
