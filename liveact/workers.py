@@ -26,7 +26,8 @@ from .pipeline import LiveActPipeline, LiveSession, VideoChunk, load
 READY_TIMEOUT = 900  # seconds for a helper to load the model (the 18B weights from disk)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on localhost nobody listens on now (for the rendezvous, or a test server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -79,7 +80,7 @@ class WorkerPool:
 
     def __init__(self, model: str, world: int, device: str | None = None):
         context = mp.get_context("spawn")
-        port = _free_port()
+        port = free_port()
         self.inboxes = [context.Queue() for _ in range(world - 1)]
         replies = context.Queue()
         self.helpers = [context.Process(target=_helper, args=(rank, world, port, model, device, inbox, replies),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ import pytest
 from conftest import ROOT, probe
 from liveact.audio import save_wav
 from liveact.synthetic import SAMPLE_RATE, speech
+from liveact.workers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is missing (make installs it)")
@@ -32,12 +32,6 @@ RECORD_EVENTS = """() => { window.__events = {};
     for (const name of ['loadeddata', 'playing', 'waiting'])
         document.addEventListener(name, () => (window.__events[name] = window.__events[name] || []).push(performance.now()), true); }"""
 CLICK = "(selector) => { const t = performance.now(); document.querySelector(selector).click(); return t; }"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
