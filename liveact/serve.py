@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -94,8 +94,16 @@ def parse_edits(text: str, geometry: ChunkGeometry, fps: float) -> list[tuple[in
     return edits
 
 
+SEGMENT_SECONDS = 1.0  # Gradio's playlist target is the longest segment rounded up, and hls.js re-polls a
+# playlist that has not grown every half target: whole-second segments keep that wait at 0.5 s, not 1 s
+
+
 class Broadcast:
-    """One viewer's stream: speech in (all at once, or pushed from another thread while it runs), segments out."""
+    """One viewer's stream: speech in (all at once, or pushed from another thread while it runs), segments out.
+
+    Chunks are made on a thread of their own, ahead of the reader: while the web server packages one segment
+    for the player, the next chunk is already being denoised. Segments are cut at whole seconds of video,
+    whatever the model's chunk length; the last one takes what is left."""
 
     def __init__(self, live: LiveSession, root: str | Path | None = None, max_seconds: float | None = None,
                  began: float | None = None):
@@ -103,13 +111,19 @@ class Broadcast:
         self.live, self.fps = live, live.pipe.fps
         self.folder = Path(tempfile.mkdtemp(prefix="liveact-", dir=root))
         self.max_frames = None if max_seconds is None else int(max_seconds * self.fps)
-        self.stats = Stats(self.fps)
+        self.segment_frames = max(1, round(SEGMENT_SECONDS * self.fps))
+        self.stats = Stats(self.fps)  # as of the last segment the reader took
+        self._tally = Stats(self.fps)  # as of the last chunk made
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # (samples, rate) or None = end of speech, any thread
         self.stopped = threading.Event()
         self._sound = np.zeros(0, np.float32)  # 16 kHz speech not yet written into a segment
         self._sound_start = 0  # absolute sample index of _sound[0]
+        self._frames: np.ndarray | None = None  # made, not yet in a segment: uint8 [T, H, W, 3]
+        self._frames_start = 0  # absolute frame index of _frames[0]
         self._written: list[Path] = []
         self._writing = threading.Lock()  # close() waits for a segment being written, then deletes the folder
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()  # (segment, stats), an error, or None = the end
+        self._maker: threading.Thread | None = None
         self._began = time.perf_counter() if began is None else began
 
     # -- speech in ----------------------------------------------------------------------------------
@@ -140,42 +154,85 @@ class Broadcast:
 
     @property
     def _past_limit(self) -> bool:
-        return self.max_frames is not None and self.stats.frames >= self.max_frames
+        return self.max_frames is not None and self._tally.frames >= self.max_frames
 
     # -- segments out -------------------------------------------------------------------------------
 
     def segments(self, wait: float = 0.02) -> Iterator[Path]:
-        """Every chunk as a segment, as soon as its speech has arrived; returns when the speech has ended and is
+        """Every second of video as a segment, as soon as it is made; returns when the speech has ended and is
         all covered, on `stop()`, or at the session limit. Waits (polling every `wait` s) while speech is due."""
-        while not self.done:
-            self._take_inbox()
-            made = False
-            for chunk in self.live.chunks():
-                with self._writing:
-                    if self.stopped.is_set():  # stopped while the chunk was denoised: its folder is gone
-                        return
-                    segment = self._write(chunk)
-                yield segment
-                made = True
-                self._take_inbox()
-                if self.done:
-                    return
-            if not made and not self.done:
-                time.sleep(wait)
+        self._maker = threading.Thread(target=self._make, args=(wait,), name="liveact-broadcast", daemon=True)
+        self._maker.start()
+        while (item := self._ready.get()) is not None and not self.stopped.is_set():
+            if isinstance(item, BaseException):
+                raise item
+            segment, self.stats = item
+            yield segment
 
-    def _write(self, chunk) -> Path:
-        began = time.perf_counter()
-        first = round(chunk.first_frame / self.fps * SAMPLE_RATE) - self._sound_start
-        count = round(len(chunk.frames) / self.fps * SAMPLE_RATE)
-        sound = np.zeros(count, np.float32)  # silence past the end of the speech: every segment has sound
+    def _make(self, wait: float) -> None:
+        """The maker thread: chunks while speech is due, cut into segments for the reader."""
+        try:
+            while not self.done:
+                self._take_inbox()
+                made = False
+                for chunk in self.live.chunks():
+                    if not self._publish(chunk):
+                        return
+                    made = True
+                    self._take_inbox()
+                    if self.done:
+                        break
+                if not made and not self.done:
+                    time.sleep(wait)
+            if self._frames is not None and len(self._frames) and not self.stopped.is_set():  # live speech ended after its last chunk
+                self._publish(None)
+        except BaseException as error:  # noqa: BLE001 -- handed to the reader, raised there
+            self._ready.put(error)
+        finally:
+            self._ready.put(None)
+
+    def _publish(self, chunk) -> bool:
+        """Cut the chunk's frames into whole-second segments (all that is left after the last chunk), update the
+        statistics, hand the segments to the reader. False once stopped: the folder may be gone."""
+        with self._writing:
+            if self.stopped.is_set():
+                return False
+            began = time.perf_counter()
+            if chunk is not None:
+                self._frames = chunk.frames if self._frames is None else np.concatenate([self._frames, chunk.frames])
+            last = chunk is None or self.live.done or (
+                self.max_frames is not None and chunk.first_frame + len(chunk.frames) >= self.max_frames)
+            segments = []
+            while len(self._frames) >= self.segment_frames * (2 if last else 1) or (last and len(self._frames)):
+                whole = not last or len(self._frames) >= 2 * self.segment_frames  # the last one: 1 to 2 s
+                count = self.segment_frames if whole else len(self._frames)
+                segments.append(self._write(self._frames[:count]))
+                self._frames, self._frames_start = self._frames[count:], self._frames_start + count
+            if chunk is not None:
+                self._account(chunk, began)
+        for segment in segments:
+            self._ready.put((segment, replace(self._tally, latencies_ms=list(self._tally.latencies_ms),
+                                              stage_seconds=dict(self._tally.stage_seconds))))
+        return True
+
+    def _write(self, frames: np.ndarray) -> Path:
+        """One segment: the frames and the speech under them (silence past its end: every segment has sound)."""
+        first = round(self._frames_start / self.fps * SAMPLE_RATE) - self._sound_start
+        count = round(len(frames) / self.fps * SAMPLE_RATE)
+        sound = np.zeros(count, np.float32)
         piece = self._sound[max(first, 0):first + count]
         sound[:len(piece)] = piece
         self._sound, self._sound_start = self._sound[first + count:], self._sound_start + first + count
-        path = encode_segment(self.folder / f"{chunk.index:06d}.ts", chunk.frames, self.fps, sound,
-                              start_seconds=chunk.first_frame / self.fps)
+        path = encode_segment(self.folder / f"{len(self._written):06d}.ts", frames, self.fps, sound,
+                              start_seconds=self._frames_start / self.fps)
         self._written.append(path)
+        if self._tally.time_to_first_frame_s is None:
+            self._tally.time_to_first_frame_s = time.perf_counter() - self._began
+        return path
+
+    def _account(self, chunk, began: float) -> None:
         now = time.perf_counter()
-        stats = self.stats
+        stats = self._tally
         stats.chunk, stats.frames = chunk.index, chunk.first_frame + len(chunk.frames)
         stats.ms_per_chunk = 1000 * (chunk.seconds + now - began)
         stats.latencies_ms.append(stats.ms_per_chunk)
@@ -183,9 +240,6 @@ class Broadcast:
         stats.memory_bytes = chunk.memory_bytes
         for stage, seconds in (chunk.timings | {"segments": now - began}).items():
             stats.stage_seconds[stage] = stats.stage_seconds.get(stage, 0.0) + seconds
-        if stats.time_to_first_frame_s is None:
-            stats.time_to_first_frame_s = now - self._began
-        return path
 
     def movie(self) -> Path | None:
         """The stream so far as one mp4 (H.264 and AAC copied from the segments, not re-encoded); None once
@@ -206,8 +260,10 @@ class Broadcast:
         self.stopped.set()
 
     def close(self) -> None:
-        """End the session and delete its folder."""
+        """End the session (waiting for a chunk being made) and delete its folder."""
         self.stop()
+        if self._maker is not None and self._maker is not threading.current_thread():
+            self._maker.join()
         with self._writing:
             shutil.rmtree(self.folder, ignore_errors=True)
         end = getattr(self.live, "close", None)  # a session mirrored on worker processes ends there too
