@@ -25,20 +25,33 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def parse_edits(spec: dict[str, str]) -> list[tuple[int, int | None, str]]:
     """{"[a, b]": prompt} (inclusive chunk ranges, as the reference) -> [(a, b + 1, prompt)]."""
+    from .inputs import LiveActInputError, check_edits
+
     edits = []
     for chunk_range, prompt in spec.items():
         try:
             first, last = ast.literal_eval(chunk_range)
             edits.append((int(first), int(last) + 1, str(prompt)))
         except (ValueError, SyntaxError, TypeError):
-            raise SystemExit(f"error: edit range {chunk_range!r} is not '[first_chunk, last_chunk]'") from None
-    return edits
+            raise LiveActInputError(f"edit range {chunk_range!r} is not '[first_chunk, last_chunk]'.") from None
+    return check_edits(edits)
+
+
+def _read_json(path: str | Path, what: str):
+    from .inputs import LiveActInputError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LiveActInputError(f"cannot read {what} {Path(path).name}: {error}.") from None
 
 
 def _jobs(args) -> list[dict]:
     """One dict per video to make: from --input-json, or from --image/--audio."""
+    from .inputs import LiveActInputError
+
     if args.input_json:
-        entries = json.loads(Path(args.input_json).read_text())
+        entries = _read_json(args.input_json, "the input list")
         base = Path(args.input_json).parent
         locate = lambda p: Path(p) if Path(p).exists() else base / p  # noqa: E731 (relative to cwd, else the json)
         out_dir = Path(args.out or ".")
@@ -47,16 +60,17 @@ def _jobs(args) -> list[dict]:
                      out=out_dir / f"{Path(e['cond_image']).stem}_{Path(e['cond_audio']).stem}.mp4")
                 for e in (entries if isinstance(entries, list) else [entries])]
     if not (args.image and args.audio and args.out):
-        raise SystemExit("error: give --image, --audio and --out (or --input-json)")
-    edits = parse_edits(json.loads(Path(args.edit_json).read_text())) if args.edit_json else []
+        raise LiveActInputError("give --image, --audio and --out (or --input-json).")
+    edits = parse_edits(_read_json(args.edit_json, "the edits")) if args.edit_json else []
     return [dict(image=Path(args.image), audio=Path(args.audio), prompt=args.prompt, edits=edits, out=Path(args.out))]
 
 
 def generate(args) -> int:
     import torch
 
-    from .audio import AudioError
+    from .audio import load_audio
     from .hub import LiveActError
+    from .inputs import Limits, LiveActInputError, check_prompt, read_portrait
     from .pipeline import Options, load
     from .stream import StreamConfig
 
@@ -65,20 +79,21 @@ def generate(args) -> int:
                           fp8_memory=args.fp8_memory, offload_memory=args.offload_memory, audio_guidance=args.audio_cfg)
     options = Options(text_encoder_on_cpu=args.t5_cpu, compile=args.compile, attention=args.attention,
                       block_offload=args.block_offload, stream=stream)
+    limit = args.max_audio_seconds or Limits.from_env().max_audio_seconds
     try:
         jobs = _jobs(args)
-        for job in jobs:
-            for key in ("image", "audio"):
-                if not job[key].is_file():
-                    raise LiveActError(f"{key} file not found: {job[key]}.")
+        for job in jobs:  # every input checked before the model loads: a bad file fails in a second
+            read_portrait(job["image"])
+            load_audio(job["audio"], max_seconds=limit)
+            check_prompt(job["prompt"])
         pipe = load(args.model, device=args.device, dtype=dtype, size=args.size, fps=args.fps, options=options)
         rank0 = pipe.parallel is None or pipe.parallel.rank == 0
         for job in jobs:
             out = pipe.generate(job["image"], job["audio"], job["out"], prompt=job["prompt"], seed=args.seed,
-                                edits=job["edits"], progress=rank0)
+                                edits=job["edits"], progress=rank0, max_audio_seconds=limit)
             if rank0:
                 print(out)
-    except (LiveActError, AudioError) as error:
+    except (LiveActError, LiveActInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -97,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--input-json", help="the reference's example format: a list of {prompt, cond_image, cond_audio, edit_prompt}")
     gen.add_argument("--model", default="tiny", help="preset (tiny, liveact-18b) or model folder")
     gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--max-audio-seconds", type=float,
+                     help="refuse longer speech (default: LIVEACT_MAX_AUDIO_SECONDS, else 300)")
     gen.add_argument("--size", help="WIDTH*HEIGHT: 512*512, 416*720 or 480*832 (default: the model's)")
     gen.add_argument("--fps", type=float, help="frames per second (default: the model's)")
     gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda for liveact-18b, else cpu)")

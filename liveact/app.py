@@ -10,6 +10,7 @@ is offered as an mp4. One generation runs per device at a time; the others wait 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -21,10 +22,11 @@ import gradio as gr
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, AudioError, load_audio, save_wav
+from .audio import SAMPLE_RATE, load_audio, save_wav
 from .hub import PRESETS, LiveActError
+from .inputs import Limits, LiveActInputError, check_speech_length, read_portrait
 from .pipeline import LiveActPipeline, load
-from .serve import Broadcast, Limits, parse_edits
+from .serve import Broadcast, parse_edits
 from .synthetic import REST, identity, render, speech, to_image
 from .tts import speak
 
@@ -64,15 +66,31 @@ def write_examples(folder: Path, size: int) -> list[tuple[str, str]]:
     return examples
 
 
+class Portrait(gr.Image):
+    """An image upload that reaches liveact as the uploaded file, unopened: a bad file gets liveact's own
+    one-sentence error (`inputs.read_portrait`), not the image library's traceback."""
+
+    is_template = True  # the page draws it as a gr.Image
+
+    def preprocess(self, payload):
+        return None if payload is None else payload.path
+
+
 class Studio:
-    """The app's state: the model, the limits, and every viewer's running broadcast (one per browser tab)."""
+    """The app's state: the model, the limits, and every viewer's broadcast (one per browser tab).
+
+    A tab's broadcast lives from Generate until the tab's next Generate, Stop, or the tab closing; after the
+    stream it only holds the mp4 offered for download. Its folder sits in Gradio's cache (`root`), so Gradio
+    serves that mp4 without a copy, and deleting the folder deletes everything the session wrote."""
 
     def __init__(self, model: str = "tiny", limits: Limits | None = None, root: str | Path | None = None,
                  workers: int = 1):
         self.pipe, self.pool, self.notice = load_model(model, workers)
         self.start = self.pool.start if self.pool is not None else self.pipe.start
         self.limits = limits or Limits.from_env()
-        self.root = root
+        self.root = Path(root or Path(gr.utils.get_upload_folder()) / "liveact-sessions")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uploads: list[Path] = [Path(gr.utils.get_upload_folder()).resolve()]  # where user files may be read
         self.broadcasts: dict[str, Broadcast] = {}
         self._lock = threading.Lock()
         self._warm_up()
@@ -88,18 +106,31 @@ class Studio:
     # -- sessions -----------------------------------------------------------------------------------
 
     def _open(self, key: str, portrait, prompt: str, seed: float, edits: str, memory: str, guidance: float,
-              fp8: bool, size: str | None, began: float) -> Broadcast:
+              fp8: bool, size: str | None, began: float, seconds: float | None = None) -> Broadcast:
         self.end(key)  # a new generation replaces the tab's previous one
-        if portrait is None:
-            raise LiveActError("choose a portrait first (upload one or click a ready identity).")
+        if not portrait:
+            raise LiveActInputError("choose a portrait first (upload one or click a ready identity).")
+        image = read_portrait(self._user_file(portrait, "portrait"))
         pipe = self.pipe
         stream = replace(pipe.options.stream, compression=memory, audio_guidance=float(guidance), fp8_memory=bool(fp8))
-        live = self.start(portrait, prompt or "", int(seed), parse_edits(edits or "", _geometry(pipe), pipe.fps),
+        live = self.start(image, prompt or "", int(seed), parse_edits(edits or "", _geometry(pipe), pipe.fps, seconds),
                           stream=stream, size=size if resizable(pipe) else None)
         broadcast = Broadcast(live, root=self.root, max_seconds=self.limits.max_session_seconds, began=began)
         with self._lock:
             self.broadcasts[key] = broadcast
+            finished = [k for k, b in self.broadcasts.items() if b.done and k != key]
+        for old in finished[:max(0, len(finished) - self.limits.max_queue)]:  # API clients never close a tab
+            self.end(old)
         return broadcast
+
+    def _user_file(self, path: str, what: str) -> Path:
+        """Only files the user gave: uploads (in Gradio's upload folder) and the examples, never another path."""
+        resolved = Path(path).resolve()
+        if not any(resolved.is_relative_to(folder) for folder in self.uploads):
+            raise LiveActInputError(f"the {what} was not uploaded to this server; upload the file itself.")
+        if resolved.is_file() and resolved.stat().st_size > self.limits.max_upload_mb * 2**20:
+            raise LiveActInputError(f"the {what} file is larger than {self.limits.max_upload_mb:g} MB.")
+        return resolved
 
     def end(self, key: str) -> None:
         """Stop a tab's broadcast and delete its segments (Stop, a new generation, or the tab closing)."""
@@ -115,23 +146,18 @@ class Studio:
             self.pool.close()
 
     def active(self) -> int:
+        """Broadcasts still generating."""
         with self._lock:
-            return len(self.broadcasts)
+            return sum(not broadcast.done for broadcast in self.broadcasts.values())
 
     def _speech(self, audio_path: str | None, text: str | None) -> np.ndarray:
         if audio_path:
-            if Path(audio_path).stat().st_size > self.limits.max_upload_mb * 2**20:
-                raise AudioError(f"the audio file is larger than {self.limits.max_upload_mb:g} MB.")
-            samples = load_audio(audio_path)
-        elif text and text.strip():
+            return load_audio(self._user_file(audio_path, "speech"), max_seconds=self.limits.max_audio_seconds)
+        if text and text.strip():
             samples = speak(text)
-        else:
-            raise AudioError("give some speech: an audio file, a recording, or a sentence to say.")
-        seconds = len(samples) / SAMPLE_RATE
-        if seconds > self.limits.max_audio_seconds:
-            raise AudioError(f"the speech is {seconds:.0f} s long; this server animates at most "
-                             f"{self.limits.max_audio_seconds:.0f} s.")
-        return samples
+            check_speech_length(len(samples) / SAMPLE_RATE, self.limits.max_audio_seconds)
+            return samples
+        raise LiveActInputError("give some speech: an audio file, a recording, or a sentence to say.")
 
     # -- the events -----------------------------------------------------------------------------------
 
@@ -139,11 +165,10 @@ class Studio:
                  request: gr.Request):
         """Speech given at once (file, recording or sentence): stream every chunk, then offer the mp4."""
         began, key = time.perf_counter(), _key(request)
-        try:
+        with _as_page_errors():
             samples = self._speech(audio_path, text)
-            broadcast = self._open(key, portrait, prompt, seed, edits, memory, guidance, fp8, size, began)
-        except (LiveActError, ValueError) as error:
-            raise gr.Error(str(error)) from None
+            broadcast = self._open(key, portrait, prompt, seed, edits, memory, guidance, fp8, size, began,
+                                   seconds=len(samples) / SAMPLE_RATE)
         try:
             broadcast.feed(samples, SAMPLE_RATE)
             broadcast.finish()
@@ -151,16 +176,15 @@ class Studio:
             movie = broadcast.movie()
             if movie is not None:
                 yield {"download": str(movie)}
-        finally:
+        except BaseException:  # an error, Stop, or the tab gone: nothing of the session is kept
             self.end(key)
+            raise
 
     def go_live(self, portrait, prompt, edits, seed, memory, guidance, fp8, size, request: gr.Request):
         """The microphone is recording: stream video for as long as speech arrives (see `hear`)."""
         began, key = time.perf_counter(), _key(request)
-        try:
+        with _as_page_errors():
             broadcast = self._open(key, portrait, prompt, seed, edits, memory, guidance, fp8, size, began)
-        except (LiveActError, ValueError) as error:
-            raise gr.Error(str(error)) from None
         try:
             yield from self._stream(broadcast)
         finally:
@@ -182,13 +206,23 @@ class Studio:
         self.end(_key(request))
 
     def _stream(self, broadcast: Broadcast):
-        for segment in broadcast.segments():
-            stats = broadcast.stats
-            update = {"video": str(segment), "stats": stats.markdown()}
-            if stats.chunk % PLOT_EVERY == 0 and stats.chunk:  # a redraw costs the browser CPU: not every chunk, not at the start
-                update["latency"] = latency_frame(stats)
-            yield update
+        with _as_page_errors():  # e.g. a fault in the speech found only when its chunk is made
+            for segment in broadcast.segments():
+                stats = broadcast.stats
+                update = {"video": str(segment), "stats": stats.markdown()}
+                if stats.chunk % PLOT_EVERY == 0 and stats.chunk:  # a redraw costs the browser CPU: not every chunk
+                    update["latency"] = latency_frame(stats)
+                yield update
         yield {"latency": latency_frame(broadcast.stats)}
+
+
+@contextlib.contextmanager
+def _as_page_errors():
+    """A problem the visitor can fix, shown in the page as one sentence."""
+    try:
+        yield
+    except (LiveActError, LiveActInputError) as error:
+        raise gr.Error(str(error)) from None
 
 
 def resizable(pipe: LiveActPipeline) -> bool:
@@ -217,6 +251,7 @@ def latency_frame(stats):
 def build(studio: Studio, examples_folder: str | Path) -> gr.Blocks:
     pipe = studio.pipe
     examples = write_examples(Path(examples_folder), pipe.size[0])
+    studio.uploads.append(Path(examples_folder).resolve())
     with gr.Blocks(title="liveact: real-time talking heads", delete_cache=(600, 1800)) as demo:
         gr.Markdown("# liveact\nA portrait and speech in, a talking video **streamed as it is generated** "
                     f"(model: `{pipe.name}`, {pipe.size[1]}x{pipe.size[0]} at {pipe.fps:g} fps).")
@@ -224,7 +259,7 @@ def build(studio: Studio, examples_folder: str | Path) -> gr.Blocks:
             gr.Markdown(studio.notice, elem_id="notice")
         with gr.Row():
             with gr.Column(scale=1):
-                portrait = gr.Image(label="Portrait", type="pil", sources=["upload", "clipboard"], height=256, elem_id="portrait")
+                portrait = Portrait(label="Portrait", type="filepath", sources=["upload", "clipboard"], height=256, elem_id="portrait")
                 gr.Examples([[p] for p, _ in examples], inputs=[portrait], label="Ready identities")
                 audio = gr.Audio(label="Speech (file or recording)", sources=["upload", "microphone"], type="filepath",
                                  elem_id="speech")

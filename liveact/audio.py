@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .inputs import LiveActInputError, check_speech_length
 from .stream import audio_window
 
 SAMPLE_RATE = 16000  # of every featurizer's input
@@ -28,29 +29,28 @@ ENCODER_FPS = 25  # feature frames per second the audio encoders were trained wi
 GAIN = 3.0  # the reference amplifies speech before featurizing
 
 
-class AudioError(ValueError):
-    """An audio input that cannot be used, with a message a user can act on."""
-
-
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """Decode the first audio stream of any file ffmpeg reads (wav, mp3, m4a, flac, ogg, a video's
-    soundtrack) to mono float32 at `sample_rate`."""
+    soundtrack) to mono float32 at `sample_rate`; longer than `max_seconds` is refused from the header."""
     path = Path(path)
     if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+        raise LiveActInputError(f"the speech file {path.name} was not found.")
+    if path.stat().st_size == 0:
+        raise LiveActInputError(f"the speech file {path.name} is empty.")
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise AudioError(f"{path.name} has no audio track")
+                raise LiveActInputError(f"{path.name} has no audio track.")
+            if max_seconds is not None and container.duration is not None:  # before decoding an hour of it
+                check_speech_length(container.duration / av.time_base, max_seconds)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             pieces = [out.to_ndarray()[0] for frame in container.decode(container.streams.audio[0])
                       for out in resampler.resample(frame)]
             pieces += [out.to_ndarray()[0] for out in resampler.resample(None)]
-    except av.error.FFmpegError as error:
-        raise AudioError(f"cannot decode {path.name} as audio ({error})") from None
+    except (av.error.FFmpegError, UnicodeDecodeError):
+        raise LiveActInputError(f"cannot decode {path.name} as audio; give a wav, mp3, m4a, flac or ogg file.") from None
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    if samples.size == 0:
-        raise AudioError(f"{path.name} holds no audio samples")
+    check_speech_length(len(samples) / sample_rate, max_seconds)
     return samples
 
 
@@ -98,13 +98,21 @@ def prepare_speech(samples: np.ndarray, sample_rate: int, fps: float, gain: floa
 
 
 def as_mono(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """int16 or float samples, mono or [samples, channels] (a microphone's), -> mono float32 at `target_rate`."""
+    """Integer or float samples, mono or [samples, channels] (a microphone's), -> mono float32 at `target_rate`."""
     samples = np.asarray(samples)
-    if samples.dtype == np.int16:
-        samples = samples.astype(np.float32) / 32768.0
+    if samples.dtype.kind not in "iuf" or samples.ndim not in (1, 2):
+        raise LiveActInputError(f"speech samples are numbers, [samples] or [samples, channels], not "
+                                f"{samples.dtype} {list(samples.shape)}.")
+    if not 1000 <= sample_rate <= 768_000:
+        raise LiveActInputError(f"a sample rate of {sample_rate} Hz is not audio; give 8 000 to 192 000 Hz.")
+    if samples.dtype.kind in "iu":  # full scale of the integer type -> [-1, 1]
+        info = np.iinfo(samples.dtype)
+        samples = (samples.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    samples = samples.astype(np.float32)
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
-    samples = samples.astype(np.float32)
+    if not np.isfinite(samples).all():
+        raise LiveActInputError("the speech holds NaN or infinite samples.")
     if sample_rate != target_rate and samples.size:
         samples = _filter(samples, sample_rate, ("aresample", str(target_rate)))
     return samples
@@ -242,7 +250,7 @@ class StreamingFeatures:
             raise ValueError(f"the audio of frame {start_frame} was already dropped")
         features = featurize(self.featurizer, self._buffer[first:last], self.sample_rate, self.fps)
         if features.shape[0] == 0:
-            raise AudioError("no audio left to featurize")
+            raise LiveActInputError("no speech left to animate.")
         self._buffer, self._buffer_start = self._buffer[first:], self._buffer_start + first  # drop what is done
         self._last = (start_frame, audio_window(features[None], 0, self.window_frames, self.context))
         return self._last[1]

@@ -28,6 +28,7 @@ from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Feat
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
 from .hub import PRESETS, Components, LiveActError, check_gpu, load_transformer, resolve
+from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
 from .stream import PromptEdit, StreamConfig, StreamingSession
 from .transformer import LiveActTransformer, set_attention_backend
@@ -96,12 +97,7 @@ class LiveActPipeline:
     # -- conditioning ----------------------------------------------------------------------------
 
     def _portrait(self, image: str | Path | Image.Image | np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
-        if isinstance(image, (str, Path)):
-            try:
-                image = Image.open(image)
-            except (OSError, ValueError) as error:
-                raise LiveActError(f"cannot read the portrait {image}: {error}.") from None
-        return center_crop_resize(image, *(size or self.size))
+        return center_crop_resize(read_portrait(image), *(size or self.size))
 
     def start(self, image, prompt: str = "", seed: int = 42, edits: Sequence[tuple[int, int | None, str]] = (),
               audio_stream: StreamingFeatures | None = None, stream: StreamConfig | None = None,
@@ -109,6 +105,7 @@ class LiveActPipeline:
         """A live session for a portrait: feed it speech, take its chunks (`stream` and `size` override the
         pipeline's memory, guidance and resolution for this session only)."""
         portrait = self._portrait(image, None if size is None else parse_size(size))
+        prompt, edits = check_prompt(prompt), check_edits(edits)
         device = self.options.device
         y = condition(self.vae, image_to_tensor(portrait).to(device), self.options.stream.layout.window)
         image_tokens = self.image_encoder(portrait)
@@ -122,16 +119,20 @@ class LiveActPipeline:
         return LiveSession(self, session, features, portrait)
 
     def generate(self, image, audio: str | Path, out: str | Path, prompt: str = "", seed: int = 42,
-                 edits: Sequence[tuple[int, int | None, str]] = (), progress: bool = True) -> Path:
-        """Whole file in, mp4 with the input audio out (frames written as they are decoded)."""
+                 edits: Sequence[tuple[int, int | None, str]] = (), progress: bool = True,
+                 max_audio_seconds: float | None = None) -> Path:
+        """Whole file in, mp4 with the input audio out (frames written as they are decoded). Speech longer than
+        `max_audio_seconds` (default: LIVEACT_MAX_AUDIO_SECONDS, else 300 s) is refused."""
         from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
         from tqdm.auto import tqdm
 
-        samples = load_audio(audio)
+        limit = Limits.from_env().max_audio_seconds if max_audio_seconds is None else max_audio_seconds
+        samples = load_audio(audio, max_seconds=limit)
         features = featurize(self.featurizer, samples, 16000, self.fps)  # [frames, layers, channels]
         total_frames = features.shape[0]
         live = self.start(image, prompt, seed, edits)
         chunks = live.session.chunks_for(total_frames)
+        check_edits(edits, chunks)
         if self.parallel is not None and self.parallel.rank != 0:  # helpers denoise; rank 0 decodes and writes
             for _ in live.session.stream(features, num_chunks=chunks):
                 pass
@@ -172,8 +173,8 @@ class LiveSession:
     @property
     def done(self) -> bool:
         """All received audio is covered (only once the speech has ended)."""
-        needed = self.session.chunks_for(max(self.features.received_frames, 1))
-        return self.features.finished and self.session.chunk_index >= needed
+        received = self.features.received_frames
+        return self.features.finished and (received == 0 or self.session.chunk_index >= self.session.chunks_for(received))
 
     @property
     def ready(self) -> bool:

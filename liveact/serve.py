@@ -11,7 +11,6 @@ The web app (`liveact.app`) is a thin layer over this; tests and benchmarks driv
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import shutil
@@ -26,25 +25,10 @@ from typing import Iterator
 import numpy as np
 
 from .audio import SAMPLE_RATE, as_mono
-from .hub import LiveActError
+from .inputs import LiveActInputError, check_prompt
 from .pipeline import LiveSession
 from .stream import ChunkGeometry
 from .segments import encode_segment
-
-
-@dataclass
-class Limits:
-    """What a public server accepts; each can be set by an environment variable (LIVEACT_MAX_...)."""
-
-    max_upload_mb: float = 50.0
-    max_audio_seconds: float = 300.0
-    max_session_seconds: float = 900.0  # of video, live sessions included
-    max_queue: int = 16
-
-    @classmethod
-    def from_env(cls) -> "Limits":
-        read = lambda name, default: type(default)(os.environ.get(f"LIVEACT_{name.upper()}", default))  # noqa: E731
-        return cls(**{name: read(name, value) for name, value in vars(cls()).items()})
 
 
 @dataclass
@@ -75,22 +59,25 @@ class Stats:
 EDIT_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)?\s*:\s*(.+?)\s*$")
 
 
-def parse_edits(text: str, geometry: ChunkGeometry, fps: float) -> list[tuple[int, int | None, str]]:
+def parse_edits(text: str, geometry: ChunkGeometry, fps: float, seconds: float | None = None) -> list[tuple[int, int | None, str]]:
     """Prompt edits by time, one per line: "4-8: the person smiles" (seconds; "4-: ..." = to the end) ->
-    (first chunk, end chunk or None, prompt): the chunks whose frames overlap the range."""
+    (first chunk, end chunk or None, prompt): the chunks whose frames overlap the range. `seconds`: the
+    speech's length, when known, which an edit must start within."""
     edits = []
     for number, line in enumerate(text.strip().splitlines(), 1):
         if not line.strip():
             continue
         match = EDIT_LINE.match(line)
         if match is None:
-            raise LiveActError(f"edit line {number} ({line.strip()!r}) is not 'START-END: prompt' in seconds, "
-                               f"e.g. '4-8: the person smiles'.")
+            raise LiveActInputError(f"edit line {number} ({line.strip()[:40]!r}) is not 'START-END: prompt' in "
+                                    "seconds, e.g. '4-8: the person smiles'.")
         start, end = float(match[1]), None if match[2] is None else float(match[2])
         if end is not None and end <= start:
-            raise LiveActError(f"edit line {number}: the range {start:g}-{end:g} s ends before it starts.")
+            raise LiveActInputError(f"edit line {number}: the range {start:g}-{end:g} s ends before it starts.")
+        if seconds is not None and start >= seconds:
+            raise LiveActInputError(f"edit line {number} starts at {start:g} s, after the speech ends ({seconds:.1f} s).")
         first = geometry.chunks_for(int(start * fps) + 1) - 1
-        edits.append((first, None if end is None else geometry.chunks_for(int(end * fps)), match[3]))
+        edits.append((first, None if end is None else geometry.chunks_for(int(end * fps)), check_prompt(match[3])))
     return edits
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, as_mono, load_audio
+from .audio import SAMPLE_RATE, as_mono, load_audio
+from .hub import LiveActError
+from .inputs import LiveActInputError
 
 MAX_CHARACTERS = 1000
 KOKORO_RATE = 24000
@@ -33,16 +35,16 @@ def speak(text: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """A sentence as mono float32 speech at `sample_rate`."""
     text = " ".join(text.split())
     if not text:
-        raise AudioError("there is no text to speak: type a sentence.")
+        raise LiveActInputError("there is no text to speak: type a sentence.")
     if len(text) > MAX_CHARACTERS:
-        raise AudioError(f"the text is {len(text)} characters long; at most {MAX_CHARACTERS} can be spoken.")
+        raise LiveActInputError(f"the text is {len(text)} characters long; at most {MAX_CHARACTERS} can be spoken.")
     if engine() == "kokoro":
         try:
             return _kokoro(text, sample_rate)
         except Exception:  # package present, weights missing or unreachable: the local engine still speaks
             pass
     if not shutil.which("espeak-ng"):
-        raise AudioError("no text-to-speech engine is installed (apt-get install espeak-ng).")
+        raise LiveActError("no text-to-speech engine is installed (apt-get install espeak-ng).")
     return _espeak(text, sample_rate)
 
 

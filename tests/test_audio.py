@@ -8,7 +8,8 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from conftest import example
-from liveact.audio import (AudioError, MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, frames_in,
+from liveact.inputs import LiveActInputError
+from liveact.audio import (MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, frames_in,
                            load_audio, prepare_speech)
 from liveact.stream import audio_window
 
@@ -50,15 +51,15 @@ def test_load_any_common_format_to_mono_16k(tone_files, ext):
 
 
 def test_unusable_audio_is_a_clear_error(tmp_path):
-    with pytest.raises(AudioError, match="not found"):
+    with pytest.raises(LiveActInputError, match="not found"):
         load_audio(tmp_path / "missing.wav")
     (tmp_path / "noise.wav").write_bytes(b"not audio at all")
-    with pytest.raises(AudioError, match="cannot decode"):
+    with pytest.raises(LiveActInputError, match="cannot decode"):
         load_audio(tmp_path / "noise.wav")
     silent = tmp_path / "silent.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=32x32:d=1", "-c:v", "libx264", str(silent)],
                    check=True)
-    with pytest.raises(AudioError, match="no audio track"):
+    with pytest.raises(LiveActInputError, match="no audio track"):
         load_audio(silent)
 
 

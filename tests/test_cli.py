@@ -48,7 +48,7 @@ def test_reference_example_json_with_edit_prompts(tmp_path, random_model_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--image", "missing.png"], "image file not found"),
+    (["--image", "missing.png"], "the portrait missing.png was not found"),
     (["--size", "500*500"], "multiples of 16"),
     (["--edit-json", "EDIT"], "is not '[first_chunk, last_chunk]'"),
 ])

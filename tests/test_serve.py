@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import probe
-from liveact.hub import LiveActError
 from liveact.memory import MemoryLayout
-from liveact.serve import Broadcast, Limits, parse_edits
+from liveact.inputs import Limits, LiveActInputError
+from liveact.serve import Broadcast, parse_edits
 from liveact.stream import ChunkGeometry
 from liveact.synthetic import REST, SAMPLE_RATE, identity, render, speech, to_image
 
@@ -85,7 +85,7 @@ def test_prompt_edits_by_time_become_chunk_ranges():
     assert parse_edits("0-1: calm\n4-8: the person smiles\n\n10-: frown", geometry, 20) == \
         [(0, 1, "calm"), (2, 6, "the person smiles"), (6, None, "frown")]
     for bad in ("smile", "8-4: backwards", "a-b: letters"):
-        with pytest.raises(LiveActError, match="edit line 1"):
+        with pytest.raises(LiveActInputError, match="edit line 1"):
             parse_edits(bad, geometry, 20)
 
 
