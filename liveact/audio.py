@@ -200,7 +200,7 @@ class MelFeatures:
 def featurize(featurizer: AudioFeaturizer, samples: np.ndarray, sample_rate: int, fps: float) -> torch.Tensor:
     """A whole recording -> per-video-frame features [frames, layers, channels]."""
     speech = prepare_speech(samples, sample_rate, fps)
-    return featurizer(speech, frames_in(speech))
+    return featurizer(speech, max(frames_in(speech), 1 if speech.size else 0))  # atempo keeps back ~70 ms
 
 
 class StreamingFeatures:

@@ -68,8 +68,8 @@ def _open_image(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(path)  # the header only
     except Image.DecompressionBombError:
-        raise LiveActInputError(f"the portrait {path.name} is larger than {MAX_PORTRAIT_PIXELS // 10**6} megapixels; "
-                                "give a smaller image.") from None
+        raise LiveActInputError(f"the portrait {path.name} is far too large; at most {MAX_PORTRAIT_PIXELS // 10**6} "
+                                "megapixels are accepted.") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise LiveActInputError(f"{path.name} is not an image this server reads (png, jpg, webp, bmp, gif, tiff).") from None
     _check_portrait_size(*image.size)
