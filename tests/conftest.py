@@ -99,3 +99,31 @@ def probe(path: Path) -> dict:
                            capture_output=True, text=True, check=True)
     info["first_frame"] = first.stdout.strip().splitlines()[0]
     return info
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on the tiny model, served as `python app.py` serves it, with its own Gradio folder (uploads,
+    cache, and the sessions' folders inside it)."""
+    from types import SimpleNamespace
+
+    from liveact.app import Studio, build, default_threads
+    from liveact.workers import free_port
+
+    threads, folder = torch.get_num_threads(), os.environ.get("GRADIO_TEMP_DIR")
+    torch.set_num_threads(default_threads())  # a core left to the browser, as `python app.py` runs
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
+    examples = tmp_path_factory.mktemp("examples")
+    studio = Studio("tiny")
+    demo = build(studio, examples)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                            allowed_paths=[str(examples)], quiet=True)
+    yield SimpleNamespace(studio=studio, url=url, sessions=studio.root, examples=examples, demo=demo,
+                          gradio=Path(os.environ["GRADIO_TEMP_DIR"]))
+    demo.close()
+    studio.close()
+    torch.set_num_threads(threads)
+    if folder is None:
+        os.environ.pop("GRADIO_TEMP_DIR")
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = folder

@@ -13,7 +13,6 @@ import json
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ import pytest
 from conftest import ROOT, probe
 from liveact.audio import save_wav
 from liveact.synthetic import SAMPLE_RATE, speech
-from liveact.workers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is missing (make installs it)")
@@ -32,24 +30,6 @@ RECORD_EVENTS = """() => { window.__events = {};
     for (const name of ['loadeddata', 'playing', 'waiting'])
         document.addEventListener(name, () => (window.__events[name] = window.__events[name] || []).push(performance.now()), true); }"""
 CLICK = "(selector) => { const t = performance.now(); document.querySelector(selector).click(); return t; }"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import torch
-
-    from liveact.app import Studio, build, default_threads
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(default_threads())  # as `python app.py` runs: a core left to the browser
-    sessions, examples = tmp_path_factory.mktemp("sessions"), tmp_path_factory.mktemp("examples")
-    studio = Studio("tiny", root=sessions)
-    demo = build(studio, examples)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            allowed_paths=[str(examples)], quiet=True)
-    yield SimpleNamespace(studio=studio, url=url, sessions=sessions, examples=examples)
-    demo.close()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +145,14 @@ def test_stop_ends_the_session_mid_stream(page, server, tmp_path):
     long_speech = save_wav(tmp_path / "long.wav", speech(60.0, 7_000_777), SAMPLE_RATE)
     choose_example(page, 2)  # an identity; its speech replaced by a long upload
     upload_speech(page, long_speech)
+    before = set(server.sessions.iterdir())
     page.click("#generate")
     wait_until(lambda: playing(page), timeout=10)
     assert server.studio.active() == 1
+    folders = set(server.sessions.iterdir()) - before
     page.click("#stop")
     wait_until(lambda: server.studio.active() == 0, timeout=5)
-    wait_until(lambda: not any(server.sessions.iterdir()), timeout=5)  # its segments are deleted
+    wait_until(lambda: not any(folder.exists() for folder in folders), timeout=5)  # its segments are deleted
 
 
 def test_a_bad_upload_shows_an_error_and_the_next_request_works(page, server, tmp_path):
