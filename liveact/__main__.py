@@ -4,6 +4,7 @@
     python -m liveact train denoiser | autoencoder | reader   (the tiny scale, on the synthetic world)
     python -m liveact eval --model tiny --minutes 5       (long rollouts scored: lip sync, drift, flicker)
     python -m liveact bench [--long-minutes 30] [--flops] (speed, constant memory, the 18B model's cost)
+    python -m liveact soak --sessions 100 --live-minutes 60  (nothing leaks: RSS and temp files stay flat)
     python -m liveact world sheet | autoencoder-bench     (docs figures of the synthetic world)
 
 Also runs the reference's example files: `python -m liveact generate --input-json examples.json --out outdir/`
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--markdown", help="write the tables here (e.g. docs/BENCHMARKS.md)")
     bench.add_argument("--plot", help="PNG of latency and memory")
+    soak = commands.add_parser("soak", help="nothing leaks: many short sessions through the app, one long live session")
+    soak.add_argument("--sessions", type=int, default=100, help="visitors, one after another (0: skip)")
+    soak.add_argument("--seconds", type=float, default=1.0, help="speech per visitor")
+    soak.add_argument("--live-minutes", type=float, default=0.0, help="also one live session this long (video minutes)")
+    soak.add_argument("--json", help="write the report here")
     world = commands.add_parser("world", help="the synthetic world: contact sheet, autoencoder benchmark")
     world.add_argument("what", choices=["sheet", "autoencoder-bench"])
     world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else argv
     _quiet_libraries()
     return {"generate": generate, "train": train_command, "eval": eval_command, "bench": bench_command,
-            "world": world_command}[args.command](args)
+            "soak": soak_command, "world": world_command}[args.command](args)
 
 
 def train_command(args) -> int:
@@ -235,6 +241,23 @@ def bench_command(args) -> int:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             write(path)
     print(table)
+    return 0
+
+
+def soak_command(args) -> int:
+    from . import soak
+
+    report = {"command": "python -m liveact " + " ".join(args.argv)}
+    if args.sessions:
+        report["many_sessions"] = soak.many_sessions(args.sessions, args.seconds)
+    if args.live_minutes:
+        report["live_session"] = soak.live_session(args.live_minutes)
+    summary = {part: {key: value for key, value in numbers.items() if not isinstance(value, list)}
+               for part, numbers in report.items() if isinstance(numbers, dict)}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -106,7 +106,7 @@ class Studio:
     # -- sessions -----------------------------------------------------------------------------------
 
     def _open(self, key: str, portrait, prompt: str, seed: float, edits: str, memory: str, guidance: float,
-              fp8: bool, size: str | None, began: float, seconds: float | None = None) -> Broadcast:
+              fp8: bool, size: str | None, began: float, seconds: float | None = None, keep: bool = True) -> Broadcast:
         self.end(key)  # a new generation replaces the tab's previous one
         if not portrait:
             raise LiveActInputError("choose a portrait first (upload one or click a ready identity).")
@@ -115,7 +115,7 @@ class Studio:
         stream = replace(pipe.options.stream, compression=memory, audio_guidance=float(guidance), fp8_memory=bool(fp8))
         live = self.start(image, prompt or "", int(seed), parse_edits(edits or "", _geometry(pipe), pipe.fps, seconds),
                           stream=stream, size=size if resizable(pipe) else None)
-        broadcast = Broadcast(live, root=self.root, max_seconds=self.limits.max_session_seconds, began=began)
+        broadcast = Broadcast(live, root=self.root, max_seconds=self.limits.max_session_seconds, began=began, keep=keep)
         with self._lock:
             self.broadcasts[key] = broadcast
             finished = [k for k, b in self.broadcasts.items() if b.done and k != key]
@@ -184,7 +184,8 @@ class Studio:
         """The microphone is recording: stream video for as long as speech arrives (see `hear`)."""
         began, key = time.perf_counter(), _key(request)
         with _as_page_errors():
-            broadcast = self._open(key, portrait, prompt, seed, edits, memory, guidance, fp8, size, began)
+            broadcast = self._open(key, portrait, prompt, seed, edits, memory, guidance, fp8, size, began,
+                                   keep=False)  # a live session may run for the session limit: no mp4 kept
         try:
             yield from self._stream(broadcast)
         finally:

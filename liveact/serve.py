@@ -93,8 +93,10 @@ class Broadcast:
     whatever the model's chunk length; the last one takes what is left."""
 
     def __init__(self, live: LiveSession, root: str | Path | None = None, max_seconds: float | None = None,
-                 began: float | None = None):
-        """`began`: perf_counter() of the viewer's request (default now), the zero of time to first frame."""
+                 began: float | None = None, keep: bool = True):
+        """`began`: perf_counter() of the viewer's request (default now), the zero of time to first frame.
+        `keep`: keep every segment for `movie()`; without it a segment is deleted once the reader has come back
+        for the next one, so the folder stays the same size however long a live session runs."""
         self.live, self.fps = live, live.pipe.fps
         self.folder = Path(tempfile.mkdtemp(prefix="liveact-", dir=root))
         self.max_frames = None if max_seconds is None else int(max_seconds * self.fps)
@@ -108,6 +110,7 @@ class Broadcast:
         self._frames: np.ndarray | None = None  # made, not yet in a segment: uint8 [T, H, W, 3]
         self._frames_start = 0  # absolute frame index of _frames[0]
         self._written: list[Path] = []
+        self.keep = keep
         self._writing = threading.Lock()  # close() waits for a segment being written, then deletes the folder
         self._ready: queue.SimpleQueue = queue.SimpleQueue()  # (segment, stats), an error, or None = the end
         self._maker: threading.Thread | None = None
@@ -150,11 +153,14 @@ class Broadcast:
         all covered, on `stop()`, or at the session limit. Waits (polling every `wait` s) while speech is due."""
         self._maker = threading.Thread(target=self._make, args=(wait,), name="liveact-broadcast", daemon=True)
         self._maker.start()
+        taken = None
         while (item := self._ready.get()) is not None and not self.stopped.is_set():
             if isinstance(item, BaseException):
                 raise item
-            segment, self.stats = item
-            yield segment
+            if taken is not None and not self.keep:  # the reader is back: it is done with the last one
+                taken.unlink(missing_ok=True)
+            taken, self.stats = item
+            yield taken
 
     def _make(self, wait: float) -> None:
         """The maker thread: chunks while speech is due, cut into segments for the reader."""
@@ -230,10 +236,10 @@ class Broadcast:
 
     def movie(self) -> Path | None:
         """The stream so far as one mp4 (H.264 and AAC copied from the segments, not re-encoded); None once
-        the broadcast was stopped (its segments are gone)."""
+        the broadcast was stopped, or when it does not keep its segments."""
         joined, out = self.folder / "joined.ts", self.folder / "liveact.mp4"
         with self._writing:
-            if self.stopped.is_set():
+            if self.stopped.is_set() or not self.keep:
                 return None
             with open(joined, "wb") as sink:  # MPEG-TS segments concatenate byte by byte
                 for segment in self._written:
