@@ -34,6 +34,8 @@ EXAMPLE_SEEDS = (7_000_101, 7_000_202, 7_000_303, 7_000_404)  # held-out identit
 EXAMPLE_SECONDS = 20.0
 SIZES_18B = ("512*512", "416*720", "720*416", "480*832")
 PLOT_EVERY = 4  # chunks between redraws of the latency plot
+SESSION_STATES = 32  # Gradio keeps a visitor's output values for an hour after they leave (~4 MB each here): at most
+# this many, the least recently active dropped first (our handlers read nothing back from them)
 
 
 def load_model(name: str, workers: int = 1):
@@ -343,4 +345,4 @@ def main(argv: list[str] | None = None) -> None:
     examples = Path(tempfile.gettempdir()) / "liveact-examples"
     demo = build(studio, examples)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(examples)],
-                max_file_size=f"{studio.limits.max_upload_mb:g}mb")
+                max_file_size=f"{studio.limits.max_upload_mb:g}mb", state_session_capacity=SESSION_STATES)
