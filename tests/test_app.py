@@ -3,7 +3,8 @@
 Measured here and written to LIVEACT_APP_REPORT (default: the test's temp folder) as JSON: time from the
 click on Generate to the first frame on screen, and playback after it (stalls, video seconds per wall
 second), three first clicks. LIVEACT_TIMING=1 also asserts the targets (median first frame <= 2 s, no
-stalls); they are opt-in because on this shared 2-core machine they do not hold reliably yet (docs/APP.md).
+stalls). They held in every measured run here (docs/APP.md), but they stay opt-in: a CI machine's load is
+not ours to control, and a busy core once gave 2.55 s.
 With LIVEACT_DOCS=1 the mid-stream screenshot is also saved as docs/app-streaming.png.
 """
 
@@ -135,8 +136,8 @@ def test_an_example_streams_while_it_is_generated(page, server, report):
         assert run["advanced_while_generating"], "the video only played once generation had finished"
         first, last = run["stats"]
         assert "ms per chunk" in last and "MiB" in last and first != last  # the stats update chunk by chunk
-    if os.environ.get("LIVEACT_TIMING"):  # the speed targets: opt-in, since on a shared 2-core machine they
-        # do not hold reliably yet (docs/APP.md has the measurements); the behaviour above is always checked
+    if os.environ.get("LIVEACT_TIMING"):  # the speed targets: opt-in, a shared machine's load is not ours to
+        # control (docs/APP.md has the measurements); the behaviour above is always checked
         assert median("first_frame_after_click_s") <= 2.0, runs
         assert median("stalls_after_start") == 0 and median("video_seconds_per_wall_second") > 0.95, runs
 
