@@ -6,9 +6,9 @@
    Each one connects with gradio_client, uploads the portrait and the speech, generates a short video with a
    seed of its own, downloads the mp4, and leaves; Gradio's heartbeat notices, and the app ends the session.
    After every visitor: the server's RSS and the bytes under its temp folder (Gradio's uploads and cache,
-   and the sessions' folders). The start is taken after 40 warm-up visitors: the first requests fill caches
+   and the sessions' folders). The start is taken after 20 warm-up visitors: the first requests fill caches
    that stay (torch's, the allocator's), and Gradio keeps the output values of the last `app.SESSION_STATES`
-   (32) visitors, so the server reaches its steady size only after more visitors than that.
+   (8) visitors, so the server reaches its steady size only after more visitors than that.
 2. `live_session`: one live session (`serve.Broadcast`, as the app's microphone mode runs it, segments not
    kept) fed speech as it goes, for an hour of video; RSS and its folder's bytes every minute of video.
 """
@@ -59,7 +59,7 @@ def _serve(temp: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("the app did not answer within 5 minutes")
 
 
-def many_sessions(sessions: int = 100, seconds: float = 1.0, warm_up: int = 40, progress: bool = True) -> dict:
+def many_sessions(sessions: int = 100, seconds: float = 1.0, warm_up: int = 20, progress: bool = True) -> dict:
     """`sessions` visitors one after another, after `warm_up` more; the server's RSS and temp bytes after each."""
     from gradio_client import Client, handle_file
     from tqdm.auto import tqdm
