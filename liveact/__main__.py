@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--seconds", type=float, default=1.0, help="speech per visitor")
     soak.add_argument("--live-minutes", type=float, default=0.0, help="also one live session this long (video minutes)")
     soak.add_argument("--json", help="write the report here")
+    soak.add_argument("--plot", help="PNG of RSS and temp files over the visitors and the live session")
     world = commands.add_parser("world", help="the synthetic world: contact sheet, autoencoder benchmark")
     world.add_argument("what", choices=["sheet", "autoencoder-bench"])
     world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
@@ -258,6 +259,8 @@ def soak_command(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        soak.plot(report, args.plot)
     return 0
 
 

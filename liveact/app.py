@@ -27,7 +27,7 @@ from .hub import PRESETS, LiveActError
 from .inputs import Limits, LiveActInputError, check_speech_length, read_portrait
 from .pipeline import LiveActPipeline, load
 from .serve import Broadcast, parse_edits
-from .synthetic import REST, identity, render, speech, to_image
+from .synthetic import portrait as synthetic_portrait, speech
 from .tts import speak
 
 EXAMPLE_SEEDS = (7_000_101, 7_000_202, 7_000_303, 7_000_404)  # held-out identities of the synthetic world
@@ -61,7 +61,7 @@ def write_examples(folder: Path, size: int) -> list[tuple[str, str]]:
     for number, seed in enumerate(EXAMPLE_SEEDS, 1):
         portrait, voice = folder / f"person-{number}.png", folder / f"speech-{number}.wav"
         if not portrait.exists():
-            to_image(render(identity(seed), REST, size)[0]).save(portrait)
+            synthetic_portrait(seed, size).save(portrait)
         if not voice.exists():
             save_wav(voice, speech(EXAMPLE_SECONDS, seed), SAMPLE_RATE)
         examples.append((str(portrait), str(voice)))
@@ -99,7 +99,7 @@ class Studio:
 
     def _warm_up(self) -> None:
         """One chunk at start-up, so the first visitor does not pay for lazy initialisation."""
-        with Broadcast(self.start(to_image(render(identity(EXAMPLE_SEEDS[0]), REST, self.pipe.size[0])[0])),
+        with Broadcast(self.start(synthetic_portrait(EXAMPLE_SEEDS[0], self.pipe.size[0])),
                        root=self.root) as broadcast:
             broadcast.feed(speech(1.0, EXAMPLE_SEEDS[0]), SAMPLE_RATE)
             broadcast.finish()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .evaluate import HELDOUT_SEED
-from .synthetic import REST, SAMPLE_RATE, identity, render, speech, to_image
+from .synthetic import SAMPLE_RATE, portrait, speech
 
 VARIANTS = ("conv", "mean", "sliding", "full")
 SIZES_18B = {"512x512": (512, 512), "416x720": (720, 416), "480x832": (832, 480)}  # name: (height, width)
@@ -44,7 +44,7 @@ def rss_bytes() -> int:
 
 def _portrait_and_speech(pipe, seconds: float, seed: int):
     person = HELDOUT_SEED + seed
-    return to_image(render(identity(person), REST, pipe.size[0])[0]), speech(seconds, person)
+    return portrait(person, pipe.size[0]), speech(seconds, person)
 
 
 # -- 1. streaming speed ------------------------------------------------------------------------------

@@ -152,3 +152,30 @@ def live_session(minutes: float = 60.0, progress: bool = True) -> dict:
             "memory_bytes": stats.memory_bytes, "minute": minute_marks, "rss_bytes": rss, "temp_bytes": temp_bytes,
             "rss_change_from_minute_1": rss[-1] / rss[0] - 1.0,
             "temp_bytes_max": max(temp_bytes), "ms_per_chunk_p50": float(np.median(stats.latencies_ms))}
+
+
+def plot(report: dict, path: str | Path) -> Path:
+    """The server's RSS and temp folder visitor after visitor; the live session's RSS and folder minute by minute."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [part for part in ("many_sessions", "live_session") if part in report]
+    figure, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.5), squeeze=False)
+    for axis, part in zip(axes[0], parts):
+        numbers = report[part]
+        x = range(1, len(numbers["rss_bytes"]) + 1) if part == "many_sessions" else numbers["minute"]
+        axis.plot(x, [b / 2**20 for b in numbers["rss_bytes"]], marker=".", label="RSS (MiB)")
+        axis.plot(x, [b / 2**20 for b in numbers["temp_bytes"]], marker=".", label="temp files (MiB)")
+        if part == "many_sessions":
+            axis.axhline(numbers["start_rss_bytes"] / 2**20, ls="--", lw=1, color="C0", label="RSS at the start")
+            axis.set(title=f"{numbers['sessions']} visitors through python app.py", xlabel="visitor")
+        else:
+            axis.set(title="one live session", xlabel="minute of video")
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

@@ -266,6 +266,11 @@ def to_image(frame: torch.Tensor):
     return Image.fromarray((frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
+def portrait(seed: int, size: int = 128):
+    """Identity `seed` at rest, as an RGB PIL image: the portrait a user of the synthetic world uploads."""
+    return to_image(render(identity(seed), REST, size)[0])
+
+
 def mouth_position(identity: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Where `render` draws the mouth's centre: [B, 2] (x, y) in image coordinates [-1, 1], y down -- the
     landmark a real pipeline would get from a face detector (training weights the lip region by it)."""

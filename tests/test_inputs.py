@@ -20,7 +20,7 @@ from conftest import ROOT
 from liveact.__main__ import main
 from liveact.audio import SAMPLE_RATE, save_wav
 from liveact.inputs import LiveActInputError
-from liveact.synthetic import REST, identity, render, speech, to_image
+from liveact.synthetic import portrait, speech
 
 MAX_SECONDS = 5.0  # the audio limit these tests configure
 NON_LATIN = "一个人在说话 · человек говорит · شخص يتحدث"
@@ -42,7 +42,7 @@ def _huge_png_header(path: Path, small: Path, width: int = 20000, height: int = 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("inputs")
-    face = to_image(render(identity(7_000_321), REST, 128)[0])
+    face = portrait(7_000_321)
     face.save(folder / "portrait.png")
     face.convert("L").save(folder / "gray.png")
     face.convert("CMYK").save(folder / "cmyk.jpg")

@@ -7,7 +7,8 @@ import numpy as np
 
 from liveact.__main__ import main
 from liveact.audio import save_wav
-from liveact.synthetic import REST, SAMPLE_RATE, identity, render, speech, to_image
+from liveact.synthetic import SAMPLE_RATE, speech
+from liveact.synthetic import portrait as synthetic_portrait
 
 
 def decoded(movie) -> np.ndarray:
@@ -23,7 +24,7 @@ def live_frames(pipe, portrait, voice, seed: int) -> np.ndarray:
 
 
 def test_the_session_api_and_the_cli_repeat_themselves(tiny_pipeline, tmp_path):
-    portrait = to_image(render(identity(7_000_444), REST, 128)[0])
+    portrait = synthetic_portrait(7_000_444)
     voice = speech(3.0, 7_000_444)
     first, again, other = (live_frames(tiny_pipeline, portrait, voice, seed) for seed in (5, 5, 6))
     assert np.array_equal(first, again) and not np.array_equal(first, other)

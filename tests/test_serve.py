@@ -12,11 +12,12 @@ from liveact.memory import MemoryLayout
 from liveact.inputs import Limits, LiveActInputError
 from liveact.serve import Broadcast, parse_edits
 from liveact.stream import ChunkGeometry
-from liveact.synthetic import REST, SAMPLE_RATE, identity, render, speech, to_image
+from liveact.synthetic import SAMPLE_RATE, speech
+from liveact.synthetic import portrait as synthetic_portrait
 
 
 def portrait(seed: int = 7_000_011):
-    return to_image(render(identity(seed), REST, 128)[0])
+    return synthetic_portrait(seed)
 
 
 def test_every_segment_is_self_contained_and_the_movie_joins_them(tiny_pipeline):
