@@ -34,8 +34,8 @@ EXAMPLE_SEEDS = (7_000_101, 7_000_202, 7_000_303, 7_000_404)  # held-out identit
 EXAMPLE_SECONDS = 20.0
 SIZES_18B = ("512*512", "416*720", "720*416", "480*832")
 PLOT_EVERY = 4  # chunks between redraws of the latency plot
-SESSION_STATES = 8  # Gradio keeps a visitor's output values for an hour after they leave (~2-4 MB each here): at most
-# this many, the least recently active dropped first (our handlers read nothing back from them)
+SESSION_STATES = 8  # Gradio keeps a copy of a visitor's outputs for an hour after they leave: at most this many,
+# the least recently active dropped first (our handlers read nothing back from them; docs/RELIABILITY.md)
 
 
 def load_model(name: str, workers: int = 1):
