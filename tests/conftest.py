@@ -87,6 +87,15 @@ def tiny_pipeline():
     return load("tiny")
 
 
+def video_frames(movie: str | Path):
+    """Every frame of a video file, decoded: uint8 [T, H, W, 3]."""
+    import av
+    import numpy as np
+
+    with av.open(str(movie)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
 def probe(path: Path) -> dict:
     """ffprobe's view of a media file: its streams and first video frame's picture type."""
     import json

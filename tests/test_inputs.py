@@ -5,6 +5,7 @@ With LIVEACT_DOCS=1 the table of docs/INPUTS.md is written from these cases and 
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -126,7 +127,7 @@ def _cli(capsys, files, tmp_path, image="portrait.png", audio="speech.wav", prom
     args = ["generate", "--image", str(files[image]), "--audio", str(files[audio]), "--out", str(tmp_path / "cli.mp4"),
             "--prompt", prompt, "--max-audio-seconds", str(MAX_SECONDS)]
     if edits is not None:
-        (tmp_path / "edits.json").write_text(__import__("json").dumps(edits))
+        (tmp_path / "edits.json").write_text(json.dumps(edits))
         args += ["--edit-json", str(tmp_path / "edits.json")]
     code = main(args)
     return code, capsys.readouterr().err
@@ -138,36 +139,22 @@ def _assert_one_sentence(code: int, err: str, message: str) -> None:
     assert "Traceback" not in err and "/tmp/" not in err  # and never a folder of the machine
 
 
-@pytest.mark.parametrize("what, name, message", PORTRAITS, ids=[case[1] for case in PORTRAITS])
-def test_portraits(tiny_pipeline, files, tmp_path, capsys, what, name, message):
-    if message is None:
-        portrait = tiny_pipeline.start(files[name]).portrait
+CASES = [("image", *case) for case in PORTRAITS] + [("audio", *case) for case in SPEECH] + \
+        [("prompt", *case) for case in PROMPTS]  # the keyword of _make and _cli that takes the input
+
+
+@pytest.mark.parametrize("given, what, value, message", CASES, ids=[f"{case[0]}-{case[1]}" for case in CASES])
+def test_each_input(tiny_pipeline, files, tmp_path, capsys, given, what, value, message):
+    if message is None and given == "image":
+        portrait = tiny_pipeline.start(files[value]).portrait
         assert portrait.mode == "RGB" and portrait.size == (128, 128)
         assert 40 < np.asarray(portrait).mean() < 250  # converted, not blacked or whited out
-        return
-    with pytest.raises(LiveActInputError, match=message):
-        tiny_pipeline.start(files[name])
-    _assert_one_sentence(*_cli(capsys, files, tmp_path, image=name), message)
-
-
-@pytest.mark.parametrize("what, name, message", SPEECH, ids=[case[1] for case in SPEECH])
-def test_speech(tiny_pipeline, files, tmp_path, capsys, what, name, message):
-    if message is None:
-        assert _make(tiny_pipeline, files, tmp_path, audio=name).stat().st_size > 0
-        return
-    with pytest.raises(LiveActInputError, match=message):
-        _make(tiny_pipeline, files, tmp_path, audio=name)
-    _assert_one_sentence(*_cli(capsys, files, tmp_path, audio=name), message)
-
-
-@pytest.mark.parametrize("what, prompt, message", PROMPTS, ids=[case[0] for case in PROMPTS])
-def test_prompts(tiny_pipeline, files, tmp_path, capsys, what, prompt, message):
-    if message is None:
-        assert _make(tiny_pipeline, files, tmp_path, prompt=prompt).stat().st_size > 0
-        return
-    with pytest.raises(LiveActInputError, match=message):
-        _make(tiny_pipeline, files, tmp_path, prompt=prompt)
-    _assert_one_sentence(*_cli(capsys, files, tmp_path, prompt=prompt), message)
+    elif message is None:
+        assert _make(tiny_pipeline, files, tmp_path, **{given: value}).stat().st_size > 0
+    else:
+        with pytest.raises(LiveActInputError, match=message):
+            _make(tiny_pipeline, files, tmp_path, **{given: value})
+        _assert_one_sentence(*_cli(capsys, files, tmp_path, **{given: value}), message)
 
 
 @pytest.mark.parametrize("what, edits, spec, text, messages", EDITS, ids=[case[0] for case in EDITS])

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import av
 import numpy as np
 
+from conftest import video_frames
 from liveact.__main__ import main
 from liveact.audio import save_wav
 from liveact.synthetic import SAMPLE_RATE, speech
 from liveact.synthetic import portrait as synthetic_portrait
-
-
-def decoded(movie) -> np.ndarray:
-    with av.open(str(movie)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 def live_frames(pipe, portrait, voice, seed: int) -> np.ndarray:
@@ -36,5 +31,5 @@ def test_the_session_api_and_the_cli_repeat_themselves(tiny_pipeline, tmp_path):
         movies.append(tmp_path / f"run-{run}.mp4")
         assert main(["generate", "--image", str(tmp_path / "portrait.png"), "--audio", str(tmp_path / "speech.wav"),
                      "--out", str(movies[-1]), "--seed", str(seed)]) == 0
-    first, again, other = (decoded(movie) for movie in movies)
+    first, again, other = (video_frames(movie) for movie in movies)
     assert np.array_equal(first, again) and not np.array_equal(first, other)

@@ -7,19 +7,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
+from conftest import video_frames as frames
 from liveact.audio import save_wav
 from liveact.synthetic import SAMPLE_RATE, speech
 
 USERS = 4
-
-
-def frames(movie: str | Path) -> np.ndarray:
-    with av.open(str(movie)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 @pytest.fixture(scope="module")
