@@ -71,7 +71,7 @@ def _open_image(path: Path) -> Image.Image:
         raise LiveActInputError(f"the portrait {path.name} is far too large; at most {MAX_PORTRAIT_PIXELS // 10**6} "
                                 "megapixels are accepted.") from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise LiveActInputError(f"{path.name} is not an image this server reads (png, jpg, webp, bmp, gif, tiff).") from None
+        raise LiveActInputError(f"{path.name} is not an image liveact can read (png, jpg, webp, bmp, gif, tiff).") from None
     _check_portrait_size(*image.size)
     try:
         image.seek(0)  # an animation's first frame

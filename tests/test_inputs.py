@@ -80,7 +80,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 PORTRAITS = [
     ("an empty file", "empty.png", "is an empty file"),
     ("a truncated file", "truncated.png", "is truncated or damaged"),
-    ("a text file renamed .png", "text.png", "is not an image this server reads"),
+    ("a text file renamed .png", "text.png", "is not an image liveact can read"),
     ("a huge image (20000x20000 header)", "huge.png", "at most 64 megapixels"),
     ("a tiny image (8x8)", "tiny.png", "at least 64 pixels on each side"),
     ("grayscale", "gray.png", None),
