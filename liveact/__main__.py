@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--long-minutes", type=float, help="also stream this many minutes per memory variant")
     bench.add_argument("--long-budget", type=float, default=900.0, help="wall seconds a long-run variant may take")
     bench.add_argument("--flops", action="store_true", help="also count the 18B config's FLOPs (meta device)")
+    bench.add_argument("--gpu", action="store_true", help="instead: the 18B config with random weights on a GPU "
+                       "(eager, fp8 memory, torch.compile); --markdown then writes docs/GPU.md's table")
+    bench.add_argument("--chunks", type=int, default=8, help="chunks per variant with --gpu")
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--markdown", help="write the tables here (e.g. docs/BENCHMARKS.md)")
     bench.add_argument("--plot", help="PNG of latency and memory")
@@ -227,17 +230,22 @@ def bench_command(args) -> int:
     from .hub import LiveActError
 
     try:
-        report = bench.run(args.model, args.seconds, args.runs, args.long_minutes, args.long_budget, args.flops,
-                           args.device, args.size)
+        if args.gpu:
+            from .hub import parse_size  # not .pipeline: it needs PyAV, which a bare GPU machine may lack
+
+            report = bench.gpu_speed(parse_size(args.size or "512*512"), args.chunks, args.device or "cuda")
+        else:
+            report = bench.run(args.model, args.seconds, args.runs, args.long_minutes, args.long_budget, args.flops,
+                               args.device, args.size)
     except LiveActError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     report["command"] = "python -m liveact " + " ".join(args.argv)
     if args.plot and args.markdown:  # the document shows the plot, by a path relative to itself
         report["plot"] = os.path.relpath(args.plot, Path(args.markdown).parent)
-    table = bench.markdown(report)
+    table = bench.gpu_markdown(report) if args.gpu else bench.markdown(report)
     for path, write in ((args.json, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n")),
-                        (args.markdown, lambda p: Path(p).write_text(table)), (args.plot, lambda p: bench.plot(report, p))):
+                        (args.markdown, lambda p: Path(p).write_text(table)), (None if args.gpu else args.plot, lambda p: bench.plot(report, p))):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             write(path)

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import HELDOUT_SEED
 from .synthetic import SAMPLE_RATE, portrait, speech
 
 VARIANTS = ("conv", "mean", "sliding", "full")
@@ -43,6 +42,8 @@ def rss_bytes() -> int:
 
 
 def _portrait_and_speech(pipe, seconds: float, seed: int):
+    from .evaluate import HELDOUT_SEED  # here, not above: `bench --gpu` runs where PyAV is not installed
+
     person = HELDOUT_SEED + seed
     return portrait(person, pipe.size[0]), speech(seconds, person)
 
@@ -197,6 +198,93 @@ def cost_18b() -> dict:
     return result
 
 
+# -- 4. the 18B model on a GPU, random weights -----------------------------------------------------
+
+GPU_VARIANTS = ("eager", "fp8 memory", "torch.compile", "torch.compile + fp8 memory")  # compiled last: not undone
+
+
+def _random_18b(config: dict, device: str, dtype: torch.dtype):
+    """The released transformer and a Wan VAE built straight on `device` in `dtype` with random weights
+    (no 75 GB full-precision copy on the way), as the loading code would leave them."""
+    from diffusers import AutoencoderKLWan
+
+    from .transformer import LiveActTransformer
+    from .vae import WanVAE
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return LiveActTransformer.from_config(config).eval(), WanVAE(AutoencoderKLWan().eval())
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _timed(device: str, work) -> tuple[object, float]:
+    """`work()` and its wall seconds, the GPU's queue drained on both sides."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync()
+    began = time.perf_counter()
+    result = work()
+    sync()
+    return result, time.perf_counter() - began
+
+
+def gpu_speed(size: tuple[int, int] = (512, 512), chunks: int = 8, device: str = "cuda",
+              dtype: torch.dtype = torch.bfloat16, variants=GPU_VARIANTS, config: dict | None = None,
+              decode: bool = True, progress=print) -> dict:
+    """Seconds per chunk of the released configuration with random weights on one GPU: the 3 denoising steps
+    against the Neighbor-Forcing memories, and the Wan VAE's streaming decode of the chunk. Steady state is
+    every chunk from the fourth on (the window is full and ConvKV compresses); the first chunks of the compiled
+    variant include compiling. Encoders (text and image: once per session; wav2vec2: per chunk) are left out."""
+    from .hub import check_gpu
+
+    check_gpu(device, 0, "python -m liveact bench --gpu", "")  # one sentence where no GPU is visible
+    config = config or json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+    (model, vae), build_s = _timed(device, lambda: _random_18b(config, device, dtype))
+    cfg, generator = model.config, torch.Generator(device).manual_seed(0)
+    draw = lambda *shape: torch.randn(*shape, generator=generator, device=device, dtype=dtype)  # noqa: E731
+    y = draw(1, cfg.in_dim - cfg.out_dim, 14, size[0] // 8, size[1] // 8)  # [B, mask + reference, window, H, W]
+    conditioning = (y, draw(1, cfg.image_tokens, cfg.image_dim), draw(1, cfg.text_len, cfg.text_dim), draw)
+    report = {"machine": machine(), "size": f"{size[1]}x{size[0]}", "dtype": str(dtype).removeprefix("torch."),
+              "chunks": chunks, "parameters": sum(p.numel() for p in model.parameters()), "build_s": build_s,
+              "torch": torch.__version__, "tflops_per_frame": flops_per_frame(*size, config=config), "variants": {}}
+    compiled = False
+    for variant in variants:
+        if "compile" in variant and not compiled:
+            model.compile_blocks()
+            compiled = True
+        report["variants"][variant] = _time_variant(model, vae, conditioning, variant, chunks, device, decode, progress)
+    return report
+
+
+def _time_variant(model, vae, conditioning, variant: str, chunks: int, device: str, decode: bool, progress) -> dict:
+    """One fresh session of `chunks` chunks, each timed (denoise, then decode); its memories go when it returns."""
+    from .stream import StreamConfig, StreamingSession
+
+    y, image, text, draw = conditioning
+    cuda = torch.device(device).type == "cuda"
+    gc.collect()  # the last variant's session (a reference cycle) and its memories, before the peak is reset
+    session = StreamingSession(model, y, image, text, config=StreamConfig(fp8_memory="fp8" in variant))
+    features = draw(session.chunk_video_frames(chunks - 1).stop + 8, model.config.audio_layers,
+                    model.config.audio_channels)  # [video frames, layers, channels], random
+    decoder = vae.streaming_decoder()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    stream_of_chunks, rows = session.stream(features, chunks), []
+    for _ in range(chunks):
+        chunk, denoise_s = _timed(device, lambda: next(stream_of_chunks))
+        decode_s = _timed(device, lambda: decoder.decode(chunk.latents))[1] if decode else 0.0
+        rows.append({"video_frames": len(chunk.video_frames), "denoise_s": denoise_s, "decode_s": decode_s})
+        progress(f"{variant}: chunk {chunk.index} denoised in {denoise_s:.2f} s, decoded in {decode_s:.2f} s")
+    steady = rows[3:] or rows
+    denoise, decoded = (statistics.median(r[key] for r in steady) for key in ("denoise_s", "decode_s"))
+    frames = statistics.median(r["video_frames"] for r in steady)
+    return {"chunks": rows, "denoise_s": denoise, "decode_s": decoded, "video_frames_per_chunk": frames,
+            "fps_denoise": frames / denoise, "fps": frames / (denoise + decoded), "memory_window_bytes": session.memory_bytes,
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+
+
 def machine() -> str:
     """The machine in words: GPU name, or CPU model and the threads torch uses."""
     if torch.cuda.is_available():
@@ -291,9 +379,46 @@ def markdown(report: dict) -> str:
                   "leave out (patch embedding, time and audio projections, head). The window itself costs the "
                   f"{ours - alone:.1f} TFLOPs ({(ours - alone) / ours:.0%} of the total), constant however long the stream.", ""]
     lines += ["## The 18B model on a GPU", "",
-              "Not measured. No GPU was lent to the sessions that built this (the 18B config with random weights in "
-              "bf16 on one H100, with and without `torch.compile` and fp8 memory, is the measurement to make when one is).",
-              ""]
+              "Measured apart, on a GPU: `python -m liveact bench --gpu` writes [GPU.md](GPU.md) (the released "
+              "configuration with random weights, eager, with fp8 memory and with `torch.compile`).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def gpu_markdown(report: dict) -> str:
+    """docs/GPU.md: what `gpu_speed` measured, one row per variant."""
+    steady = f"median of chunks 4-{report['chunks']}"
+    lines = ["# The 18B model on a GPU", "",
+             f"Written by `{report.get('command', 'python -m liveact bench --gpu')}` on {report['machine']}, torch "
+             f"{report['torch']}. The released configuration ({report['parameters'] / 1e9:.1f}B parameters in the "
+             f"transformer) with random weights in {report['dtype']} at {report['size']}, built on the GPU in "
+             f"{report['build_s']:.1f} s, and a Wan VAE (diffusers' `AutoencoderKLWan`, random weights). Each chunk is "
+             "8 latent frames = 32 video frames: 3 denoising steps against the Neighbor-Forcing memories (one ConvKV "
+             "window per step), then the streaming decode. Random weights compute as fast as trained ones: the same "
+             "shapes and kernels. Not included: the text and image encoders (once per session) and wav2vec2 (per "
+             f"chunk, small). Steady state is the {steady}: the window is full and ConvKV compresses.", "",
+             "| variant | denoise s/chunk | decode s/chunk | FPS denoise only | FPS with decode | real-time at 20 fps | "
+             "denoise TFLOP/s | K/V memory | peak GPU memory | first chunks (s, compile included) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    variants = report["variants"]
+    for variant, r in variants.items():
+        first = ", ".join(f"{row['denoise_s'] + row['decode_s']:.1f}" for row in r["chunks"][:3])
+        peak = f"{r['peak_gpu_bytes'] / 2**30:.1f} GiB" if r["peak_gpu_bytes"] is not None else "-"
+        lines.append(f"| {variant} | {r['denoise_s']:.2f} | {r['decode_s']:.2f} | {r['fps_denoise']:.1f} | {r['fps']:.1f} | "
+                     f"{r['fps'] / 20:.2f}x | {report['tflops_per_frame'] * r['fps_denoise']:.0f} | "
+                     f"{r['memory_window_bytes'] / 2**30:.1f} GiB | {peak} | {first} |")
+    best = max(variants, key=lambda v: variants[v]["fps"])
+    lines += ["", f"Denoise TFLOP/s is the counted {report['tflops_per_frame']:.1f} TFLOPs per frame (BENCHMARKS.md, "
+              f"the same counter at this size) times the frames per second: the best, {best}, runs at "
+              f"{report['tflops_per_frame'] * variants[best]['fps_denoise'] / H100_PEAK_TFLOPS['bf16']:.0%} of the "
+              f"{H100_PEAK_TFLOPS['bf16']:.0f} TFLOPS dense bf16 peak of the datasheet."]
+    if {"eager", "fp8 memory"} <= variants.keys():
+        eager, fp8 = variants["eager"], variants["fp8 memory"]
+        lines += ["", f"fp8 memory stores the window in {fp8['memory_window_bytes'] / 2**30:.1f} GiB instead of "
+                  f"{eager['memory_window_bytes'] / 2**30:.1f} GiB and costs {fp8['denoise_s'] - eager['denoise_s']:+.2f} s "
+                  "per chunk: attention still runs in bf16, so each layer's part of the window is scaled back into a "
+                  "bf16 workspace first (`memory.py`). It is the option for a card the bf16 window does not fit."]
+    lines += ["", "The paper reports 20 FPS at 512x512 on two H100s; `liveact.parallel` splits every chunk over two "
+              "GPUs (`torchrun --nproc-per-node 2`), which this one-GPU machine could not measure.", ""]
     return "\n".join(lines) + "\n"
 
 

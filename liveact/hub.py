@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -140,6 +141,20 @@ def load_transformer(folder: Path, device: torch.device | str = "cpu", dtype: to
     except RuntimeError as error:
         raise LiveActError(f"the checkpoint in {folder} does not fit the LiveAct layout: {str(error).splitlines()[0]}") from None
     return model.eval()
+
+
+def parse_size(size: str | Sequence[int]) -> tuple[int, int]:
+    """'W*H' (as the reference), or (height, width) -> (height, width), multiples of 16."""
+    if isinstance(size, str):
+        try:
+            width, height = (int(v) for v in size.lower().replace("x", "*").split("*"))
+        except ValueError:
+            raise LiveActError(f"size '{size}' is not WIDTH*HEIGHT, e.g. 512*512 or 416*720.") from None
+    else:
+        height, width = size
+    if height % 16 or width % 16:
+        raise LiveActError(f"size {width}*{height}: width and height must be multiples of 16.")
+    return height, width
 
 
 def check_gpu(device: torch.device | str, needed_bytes: int, name: str, hint: str) -> None:

@@ -27,30 +27,12 @@ from PIL import Image
 from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, load_audio
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
-from .hub import PRESETS, Components, LiveActError, check_gpu, load_transformer, resolve
+from .hub import PRESETS, Components, LiveActError, check_gpu, load_transformer, parse_size, resolve
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
 from .stream import PromptEdit, StreamConfig, StreamingSession
 from .transformer import LiveActTransformer, set_attention_backend
 from .vae import VideoAutoencoder, WanVAE, condition
-
-# the reference's resolutions, as (height, width); it names them width*height
-SIZES = {"512*512": (512, 512), "416*720": (720, 416), "720*416": (416, 720), "480*832": (832, 480)}
-
-
-def parse_size(size: str | Sequence[int]) -> tuple[int, int]:
-    """'W*H' (as the reference), or (height, width) -> (height, width), multiples of 16."""
-    if isinstance(size, str):
-        try:
-            width, height = (int(v) for v in size.lower().replace("x", "*").split("*"))
-        except ValueError:
-            raise LiveActError(f"size '{size}' is not WIDTH*HEIGHT, e.g. 512*512 or 416*720.") from None
-    else:
-        height, width = size
-    if height % 16 or width % 16:
-        raise LiveActError(f"size {width}*{height}: width and height must be multiples of 16.")
-    return height, width
-
 
 @dataclass
 class Options:
@@ -279,8 +261,7 @@ def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, 
     if options.block_offload:
         transformer.enable_block_offload(device)
     if options.compile:
-        for block in transformer.blocks:
-            block.compile(dynamic=False)
+        transformer.compile_blocks()
     text_device = "cpu" if options.text_encoder_on_cpu else device
     text_encoder = TextEncoder.from_pretrained(parts["text_encoder"], parts["tokenizer"],
                                                max_length=transformer.config.text_len, device=text_device, dtype=dtype)

@@ -152,7 +152,7 @@ class StreamingSession:
         self.batch, height, width = y.shape[0], y.shape[3], y.shape[4]
         self.latent_shape = (self.batch, cfg.out_dim, height, width)
         self.generator = generator
-        self.noise = noise or self._randn
+        self.noise = noise  # None: `_randn` (not stored: a bound method would make a cycle that holds the memories)
         with torch.no_grad():
             self.context = model.embed_context(text.to(model.device), image.to(model.device))
             self.edits = [(e.start_chunk, e.end_chunk, model.embed_context(e.text.to(model.device), image.to(model.device)))
@@ -272,7 +272,7 @@ class StreamingSession:
 
     def _draw(self, frames: tuple[int]) -> torch.Tensor:
         b, c, h, w = self.latent_shape
-        x = self.noise((b, c, *frames, h, w)).to(self.model.device, self.model.dtype)
+        x = (self.noise or self._randn)((b, c, *frames, h, w)).to(self.model.device, self.model.dtype)
         return x if self.parallel is None else self.parallel.broadcast(x)
 
     def _randn(self, shape: tuple[int, ...]) -> torch.Tensor:

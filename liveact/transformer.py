@@ -37,6 +37,18 @@ class KVWindow(Protocol):
 
 
 @dataclass(frozen=True)
+class LayerWindow:
+    """One layer's part of a memory: what that layer's self-attention writes and attends to."""
+
+    memory: KVWindow
+    layer: int
+
+    @torch.compiler.disable  # eager under --compile; traced, each layer index would cost a graph of its own
+    def attend(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.memory.attend_window(self.layer, slot, keys, values)
+
+
+@dataclass(frozen=True)
 class RopeTables:
     """RoPE reset: queries rotate by the chunk's slots, keys by their window slots 0..slot+frames-1
     (by the chunk's own slots when there is no memory). Built once per call, shared by the layers."""
@@ -133,7 +145,7 @@ class SelfAttention(nn.Module):
         self.memory_proj_k = nn.Conv1d(dim, dim, memory_kernel, stride=memory_kernel, groups=dim, bias=False)
         self.memory_proj_v = nn.Conv1d(dim, dim, memory_kernel, stride=memory_kernel, groups=dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: RopeTables, slot: int, memory: KVWindow | None, layer: int,
+    def forward(self, x: torch.Tensor, rope: RopeTables, slot: int, window: LayerWindow | None,
                 parallel: SequenceParallel | None = None) -> torch.Tensor:
         split = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))  # noqa: E731 [B, L, heads, head_dim]
         q = split(self.norm_q(self.q(x)))
@@ -141,7 +153,7 @@ class SelfAttention(nn.Module):
         v = split(self.v(x))
         if parallel is not None:  # my frames, all heads -> all frames, my heads
             q, k, v = (parallel.sequence_to_heads(t) for t in (q, k, v))
-        keys, values = (k, v) if memory is None else memory.attend_window(layer, slot, k, v)
+        keys, values = (k, v) if window is None else window.attend(slot, k, v)
         q, keys = apply_rope(q, rope.queries), apply_rope(keys, rope.keys)
         out = attention(q, keys, values.type_as(q))
         if parallel is not None:
@@ -204,10 +216,10 @@ class LiveActBlock(nn.Module):
         self.audio_cross_attn = AudioCrossAttention(dim, audio_dim, num_heads)
         self.norm_x = LayerNorm32(dim, eps, elementwise_affine=True) if norm_input_visual else nn.Identity()
 
-    def forward(self, x, time_mod, context, audio, rope, slot, memory, layer, parallel=None):
+    def forward(self, x, time_mod, context, audio, rope, slot, window, parallel=None):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + time_mod).chunk(6, dim=1)
         attn_in = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).type_as(x)
-        x = (x + self.self_attn(attn_in, rope, slot, memory, layer, parallel) * gate_sa).type_as(x)
+        x = (x + self.self_attn(attn_in, rope, slot, window, parallel) * gate_sa).type_as(x)
         x = x + self.cross_attn(self.norm3(x), context)
         if audio is not None:
             audio_out = self.audio_cross_attn(self.norm_x(x), audio)
@@ -353,6 +365,12 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
             nn.init.constant_(block.self_attn.memory_proj_k.weight, 1 / self.config.memory_kernel)
             nn.init.constant_(block.self_attn.memory_proj_v.weight, 1 / self.config.memory_kernel)
 
+    def compile_blocks(self) -> None:
+        """torch.compile each block on its own (the --compile flag): the block loop and the memory's
+        bookkeeping between blocks stay eager Python."""
+        for block in self.blocks:
+            block.compile(dynamic=False)
+
     def enable_block_offload(self, device: torch.device | str) -> None:
         """Keep every block's weights in (pinned) CPU memory and copy each block to `device` just before
         it runs, dropping it after: the GPU holds one block's weights instead of 40 (24-32 GB cards).
@@ -430,7 +448,8 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         time_mod = self.time_projection(time_emb).unflatten(1, (6, -1)).float()  # [B, 6, dim], modulation in fp32
         rope = RopeTables.for_chunk(self.config.dim // self.config.num_heads, grid, slot, memory is not None, x.device)
         for layer, block in enumerate(self.blocks):
-            x = block(x, time_mod, context, audio, rope, slot, memory, layer, parallel)
+            window = None if memory is None else LayerWindow(memory, layer)
+            x = block(x, time_mod, context, audio, rope, slot, window, parallel)
         x = self.head(x, time_emb.float())
         if parallel is not None:
             x = parallel.gather_sequence(x)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import torch
 
 from conftest import run_liveact
 from liveact import bench
@@ -45,3 +48,27 @@ def test_18b_flops_are_counted_on_the_meta_device():
 
 def test_rss_is_read():
     assert bench.rss_bytes() > 10 * 2**20
+
+
+def test_gpu_speed_runs_every_variant_of_a_small_config_on_the_cpu():
+    """The code `python -m liveact bench --gpu` runs on a GPU, on a config small enough for this CPU (no decode,
+    no compile: the Wan VAE at full width and inductor take minutes here)."""
+    config = json.loads((Path(bench.__file__).parent / "configs" / "liveact-18b.json").read_text())
+    config |= dict(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=16, image_dim=32,
+                   image_tokens=5, audio_channels=16, audio_layers=2, intermediate_dim=16, output_dim=16, context_tokens=4)
+    report = bench.gpu_speed((64, 64), chunks=4, device="cpu", dtype=torch.float32, config=config,
+                             variants=("eager", "fp8 memory"), decode=False, progress=lambda line: None)
+    eager, fp8 = report["variants"]["eager"], report["variants"]["fp8 memory"]
+    assert len(eager["chunks"]) == 4 and eager["video_frames_per_chunk"] == 32  # 8 latent frames, 4x in time
+    assert eager["fps_denoise"] > 0 and eager["decode_s"] == 0.0
+    assert fp8["memory_window_bytes"] < eager["memory_window_bytes"]
+    table = bench.gpu_markdown(report)
+    assert "| eager |" in table and "| fp8 memory |" in table and "chunks 4-4" in table
+
+
+def test_gpu_benchmark_without_a_gpu_is_one_sentence(monkeypatch, capsys):
+    from liveact.__main__ import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--gpu"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err

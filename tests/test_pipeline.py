@@ -62,10 +62,12 @@ def test_attention_backends():
 
 
 def test_compiled_blocks_compute_the_same():
-    """torch.compile per block (the --compile flag), checked on this CPU (inductor + gcc); ~1 min."""
-    reference = stream_latents(make_tiny_model(), chunks=2)
-    model = make_tiny_model()
-    for block in model.blocks:
-        block.compile(dynamic=False)
-    compiled = stream_latents(model, chunks=2)
+    """torch.compile per block (the --compile flag), checked on this CPU (inductor + gcc); ~1 min. More layers than
+    dynamo's recompile limit: a graph per layer would leave the later ones eager, and here it fails instead."""
+    layers = torch._dynamo.config.recompile_limit + 2
+    reference = stream_latents(make_tiny_model(num_layers=layers), chunks=3)
+    model = make_tiny_model(num_layers=layers)
+    model.compile_blocks()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        compiled = stream_latents(model, chunks=3)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(compiled, reference))

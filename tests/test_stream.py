@@ -101,3 +101,22 @@ def test_precision_and_storage_variants_follow_the_fp32_stream(dtype, options, t
     for ours, exact in zip(variant, reference):
         assert ours.dtype == dtype
         assert (ours.float() - exact).abs().max() <= tolerance * exact.abs().max()
+
+
+def test_a_dropped_session_frees_its_memories_at_once():
+    """No reference cycle holds a session: on a GPU its key/value memories are tens of GB, and the next session
+    must not wait for the garbage collector to get them back."""
+    import gc
+    import weakref
+
+    model = make_tiny_model()
+    y, image, text, audio = make_conditioning(model)
+    session = StreamingSession(model, y, image, text, config=StreamConfig(audio_guidance=2.0))
+    list(session.stream(audio, num_chunks=3))
+    memories = [weakref.ref(memory) for memory in session._distinct_memories]
+    gc.disable()
+    try:
+        del session
+        assert all(memory() is None for memory in memories)
+    finally:
+        gc.enable()
