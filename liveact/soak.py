@@ -5,8 +5,8 @@
 1. `many_sessions`: `python app.py` (tiny model) in a process of its own, and visitors one after another.
    Each one connects with gradio_client, uploads the portrait and the speech, generates a short video with a
    seed of its own, downloads the mp4, and leaves; Gradio's heartbeat notices, and the app ends the session.
-   After every visitor: the server's RSS and the bytes under its temp folder (Gradio's uploads and cache,
-   and the sessions' folders). The start is taken after 20 warm-up visitors: the first requests fill caches
+   After every visitor: the server's RSS, the bytes under its temp folder (Gradio's uploads and cache,
+   and the sessions' folders), and the bytes glibc's heap holds in live allocations (the app logs them). The start is taken after 20 warm-up visitors: the first requests fill caches
    that stay (torch's, the allocator's), and Gradio keeps the output values of the last `app.SESSION_STATES`
    (8) visitors, so the server reaches its steady size only after more visitors than that.
 2. `live_session`: one live session (`serve.Broadcast`, as the app's microphone mode runs it, segments not
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -39,11 +40,13 @@ def _rss_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _serve(temp: Path, port: int) -> subprocess.Popen:
-    """`python app.py` on the tiny model, its Gradio folder `temp`; returns once it answers."""
+def _serve(temp: Path, port: int, heap_log: Path) -> subprocess.Popen:
+    """`python app.py` on the tiny model, its Gradio folder `temp`; returns once it answers. The app appends
+    its heap's numbers to `heap_log` whenever a session ends."""
     import urllib.request
 
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "GRADIO_HEARTBEAT_INTERVAL": "1"}  # a leaving visitor
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "LIVEACT_HEAP_LOG": str(heap_log),
+           "GRADIO_HEARTBEAT_INTERVAL": "1"}  # a leaving visitor
     server = subprocess.Popen([sys.executable, "-c", "from liveact.app import main; main()", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noticed within 1 s
     deadline = time.perf_counter() + 300
@@ -69,8 +72,8 @@ def many_sessions(sessions: int = 100, seconds: float = 1.0, warm_up: int = 20, 
     from .workers import free_port
 
     temp, visitor = Path(tempfile.mkdtemp(prefix="liveact-soak-")), Path(tempfile.mkdtemp(prefix="liveact-visitor-"))
-    port = free_port()
-    server = _serve(temp, port)
+    port, heap_log = free_port(), visitor / "heap.jsonl"
+    server = _serve(temp, port, heap_log)
     portrait = write_examples(visitor, 128)[0][0]
     voice = save_wav(visitor / "visitor.wav", speech(seconds, 7_200_000), SAMPLE_RATE)
 
@@ -80,23 +83,28 @@ def many_sessions(sessions: int = 100, seconds: float = 1.0, warm_up: int = 20, 
                        1.0, False, "512*512", api_name="/generate")
         client.close()
 
-    def settle() -> None:  # the visitor's session ended by the app: its folder deleted
+    def ended() -> int:  # sessions the app has ended (folder deleted, memory released): one heap line each
+        return len(heap_log.read_text().splitlines()) if heap_log.exists() else 0
+
+    def settle(visitors: int) -> None:  # wait until the app has ended this many sessions
         deadline = time.perf_counter() + 30
-        while any((temp / "liveact-sessions").iterdir()) and time.perf_counter() < deadline:
+        while ended() < visitors and time.perf_counter() < deadline:
             time.sleep(0.1)
 
-    rss, temp_bytes = [], []
+    rss, temp_bytes, heap_in_use = [], [], []
+    last_heap = lambda: json.loads(heap_log.read_text().splitlines()[-1])["in_use"] if heap_log.exists() else None  # noqa: E731
     try:
         for seed in range(warm_up):
             visit(seed)
-        settle()
-        start_rss, start_temp = _rss_of(server.pid), folder_bytes(temp)
+        settle(warm_up)
+        start_rss, start_temp, start_heap = _rss_of(server.pid), folder_bytes(temp), last_heap()
         began = time.perf_counter()
         for seed in tqdm(range(warm_up, warm_up + sessions), desc="visitors", disable=not progress):
             visit(seed)
-            settle()
+            settle(seed + 1)
             rss.append(_rss_of(server.pid))
             temp_bytes.append(folder_bytes(temp))
+            heap_in_use.append(last_heap())
         wall = time.perf_counter() - began
     finally:
         server.terminate()
@@ -105,6 +113,8 @@ def many_sessions(sessions: int = 100, seconds: float = 1.0, warm_up: int = 20, 
         shutil.rmtree(visitor, ignore_errors=True)
     return {"sessions": sessions, "speech_seconds": seconds, "warm_up": warm_up, "wall_seconds": wall,
             "start_rss_bytes": start_rss, "start_temp_bytes": start_temp, "rss_bytes": rss, "temp_bytes": temp_bytes,
+            "start_heap_in_use_bytes": start_heap, "heap_in_use_bytes": heap_in_use,
+            "heap_in_use_change": heap_in_use[-1] / start_heap - 1.0 if start_heap and heap_in_use[-1] else None,
             "rss_change": rss[-1] / start_rss - 1.0, "temp_change": temp_bytes[-1] / start_temp - 1.0,
             "max_rss_change": max(rss) / start_rss - 1.0, "max_temp_change": max(temp_bytes) / start_temp - 1.0}
 
@@ -168,6 +178,8 @@ def plot(report: dict, path: str | Path) -> Path:
         x = range(1, len(numbers["rss_bytes"]) + 1) if part == "many_sessions" else numbers["minute"]
         axis.plot(x, [b / 2**20 for b in numbers["rss_bytes"]], marker=".", label="RSS (MiB)")
         axis.plot(x, [b / 2**20 for b in numbers["temp_bytes"]], marker=".", label="temp files (MiB)")
+        if any(numbers.get("heap_in_use_bytes") or ()):
+            axis.plot(x, [b / 2**20 for b in numbers["heap_in_use_bytes"]], marker=".", label="heap in use (MiB)")
         if part == "many_sessions":
             axis.axhline(numbers["start_rss_bytes"] / 2**20, ls="--", lw=1, color="C0", label="RSS at the start")
             axis.set(title=f"{numbers['sessions']} visitors through python app.py", xlabel="visitor")

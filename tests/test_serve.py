@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from conftest import probe
 from liveact.memory import MemoryLayout
 from liveact.inputs import Limits, LiveActInputError
-from liveact.serve import Broadcast, parse_edits
+from liveact.serve import Broadcast, heap_bytes, parse_edits, release_free_memory
 from liveact.stream import ChunkGeometry
 from liveact.synthetic import SAMPLE_RATE, speech
 from liveact.synthetic import portrait as synthetic_portrait
@@ -134,3 +135,20 @@ def test_two_worker_processes_stream_what_one_process_streams(tiny_pipeline):
     assert split.shape == single.shape == again.shape
     assert np.abs(split.astype(int) - single.astype(int)).max() <= 1  # float summation order only
     assert np.array_equal(split, again)
+
+
+@pytest.mark.skipif(heap_bytes() is None, reason="glibc's heap only")
+def test_freed_memory_goes_back_to_the_system(tmp_path, monkeypatch):
+    """glibc keeps freed memory in its heap, so RSS stays up after a session; the app releases it when one ends."""
+    from liveact.bench import rss_bytes
+
+    sizes = np.random.default_rng(0).integers(20_000, 120_000, 3000)  # ~200 MB in pieces below the mmap threshold
+    pieces = [np.ones(int(n), np.uint8) for n in sizes]
+    kept = pieces[::10]  # what a session leaves alive between the freed pieces pins the heap's top
+    del pieces
+    before = rss_bytes()
+    monkeypatch.setenv("LIVEACT_HEAP_LOG", str(tmp_path / "heap.jsonl"))
+    release_free_memory()
+    assert rss_bytes() < before - 100 * 2**20
+    heap = json.loads((tmp_path / "heap.jsonl").read_text())
+    assert heap["in_use"] >= sum(piece.nbytes for piece in kept) and heap["free"] > 0
