@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--seconds", type=float, default=1.0, help="speech per visitor")
     soak.add_argument("--live-minutes", type=float, default=0.0, help="also one live session this long (video minutes)")
     soak.add_argument("--json", help="write the report here")
-    soak.add_argument("--plot", help="PNG of RSS and temp files over the visitors and the live session")
+    soak.add_argument("--plot", help="PNG of RSS, heap and temp files over the visitors and the live session")
     world = commands.add_parser("world", help="the synthetic world: contact sheet, autoencoder benchmark")
     world.add_argument("what", choices=["sheet", "autoencoder-bench"])
     world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
@@ -229,6 +229,10 @@ def bench_command(args) -> int:
     from . import bench
     from .hub import LiveActError
 
+    if args.gpu and (args.plot or args.long_minutes or args.flops or args.model != "tiny"):
+        print("error: --gpu measures the 18B config with random weights alone; run --model, --plot, --long-minutes "
+              "and --flops without it.", file=sys.stderr)
+        return 2
     try:
         if args.gpu:
             from .hub import parse_size  # not .pipeline: it needs PyAV, which a bare GPU machine may lack
@@ -245,7 +249,7 @@ def bench_command(args) -> int:
         report["plot"] = os.path.relpath(args.plot, Path(args.markdown).parent)
     table = bench.gpu_markdown(report) if args.gpu else bench.markdown(report)
     for path, write in ((args.json, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n")),
-                        (args.markdown, lambda p: Path(p).write_text(table)), (None if args.gpu else args.plot, lambda p: bench.plot(report, p))):
+                        (args.markdown, lambda p: Path(p).write_text(table)), (args.plot, lambda p: bench.plot(report, p))):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             write(path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 import os
 import statistics
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .hub import check_gpu, config_18b
+from .stream import StreamConfig, StreamingSession
 from .synthetic import SAMPLE_RATE, portrait, speech
 
 VARIANTS = ("conv", "mean", "sliding", "full")
@@ -97,7 +98,6 @@ def long_run(pipe, minutes: float = 30.0, variants=VARIANTS, budget_seconds: flo
     from dataclasses import replace
 
     from .audio import featurize
-    from .stream import StreamingSession
 
     image, audio = _portrait_and_speech(pipe, minutes * 60 + 60, seed=0)
     features = featurize(pipe.featurizer, audio, SAMPLE_RATE, pipe.fps)
@@ -152,7 +152,7 @@ def flops_per_frame(height: int, width: int, with_memory: bool = True, config: d
     from .sampler import FlowSampler
     from .transformer import LiveActTransformer
 
-    config = config or json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+    config = config or config_18b()
     with torch.device("meta"):
         model = LiveActTransformer.from_config(config)
         cfg, frames, h, w = model.config, 8, height // 8, width // 8
@@ -174,7 +174,7 @@ def memory_window_bytes(height: int, width: int, fp8: bool, config: dict | None 
     from .memory import ConvKVMemory
     from .transformer import LiveActTransformer
 
-    config = config or json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+    config = config or config_18b()
     with torch.device("meta"):
         cfg = LiveActTransformer.from_config(config).config
     tokens_per_frame = (height // 16) * (width // 16)
@@ -237,14 +237,13 @@ def gpu_speed(size: tuple[int, int] = (512, 512), chunks: int = 8, device: str =
     against the Neighbor-Forcing memories, and the Wan VAE's streaming decode of the chunk. Steady state is
     every chunk from the fourth on (the window is full and ConvKV compresses); the first chunks of the compiled
     variant include compiling. Encoders (text and image: once per session; wav2vec2: per chunk) are left out."""
-    from .hub import check_gpu
-
     check_gpu(device, 0, "python -m liveact bench --gpu", "")  # one sentence where no GPU is visible
-    config = config or json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+    config = config or config_18b()
     (model, vae), build_s = _timed(device, lambda: _random_18b(config, device, dtype))
     cfg, generator = model.config, torch.Generator(device).manual_seed(0)
     draw = lambda *shape: torch.randn(*shape, generator=generator, device=device, dtype=dtype)  # noqa: E731
-    y = draw(1, cfg.in_dim - cfg.out_dim, 14, size[0] // 8, size[1] // 8)  # [B, mask + reference, window, H, W]
+    window = StreamConfig().layout.window
+    y = draw(1, cfg.in_dim - cfg.out_dim, window, size[0] // 8, size[1] // 8)  # [B, mask + reference, window, H, W]
     conditioning = (y, draw(1, cfg.image_tokens, cfg.image_dim), draw(1, cfg.text_len, cfg.text_dim), draw)
     report = {"machine": machine(), "size": f"{size[1]}x{size[0]}", "dtype": str(dtype).removeprefix("torch."),
               "chunks": chunks, "parameters": sum(p.numel() for p in model.parameters()), "build_s": build_s,
@@ -260,13 +259,11 @@ def gpu_speed(size: tuple[int, int] = (512, 512), chunks: int = 8, device: str =
 
 def _time_variant(model, vae, conditioning, variant: str, chunks: int, device: str, decode: bool, progress) -> dict:
     """One fresh session of `chunks` chunks, each timed (denoise, then decode); its memories go when it returns."""
-    from .stream import StreamConfig, StreamingSession
-
     y, image, text, draw = conditioning
     cuda = torch.device(device).type == "cuda"
-    gc.collect()  # the last variant's session (a reference cycle) and its memories, before the peak is reset
+    gc.collect()  # whatever of the last variant a reference cycle may still hold, before the peak is reset
     session = StreamingSession(model, y, image, text, config=StreamConfig(fp8_memory="fp8" in variant))
-    features = draw(session.chunk_video_frames(chunks - 1).stop + 8, model.config.audio_layers,
+    features = draw(session.chunk_video_frames(chunks - 1).stop, model.config.audio_layers,
                     model.config.audio_channels)  # [video frames, layers, channels], random
     decoder = vae.streaming_decoder()
     if cuda:
@@ -397,7 +394,7 @@ def gpu_markdown(report: dict) -> str:
              "shapes and kernels. Not included: the text and image encoders (once per session) and wav2vec2 (per "
              f"chunk, small). Steady state is the {steady}: the window is full and ConvKV compresses.", "",
              "| variant | denoise s/chunk | decode s/chunk | FPS denoise only | FPS with decode | real-time at 20 fps | "
-             "denoise TFLOP/s | K/V memory | peak GPU memory | first chunks (s, compile included) |",
+             "denoise TFLOP/s | K/V memory | peak GPU memory | first 3 chunks, s (compiling where it happens) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     variants = report["variants"]
     for variant, r in variants.items():
@@ -410,7 +407,7 @@ def gpu_markdown(report: dict) -> str:
     lines += ["", f"Denoise TFLOP/s is the counted {report['tflops_per_frame']:.1f} TFLOPs per frame (BENCHMARKS.md, "
               f"the same counter at this size) times the frames per second: the best, {best}, runs at "
               f"{report['tflops_per_frame'] * variants[best]['fps_denoise'] / H100_PEAK_TFLOPS['bf16']:.0%} of the "
-              f"{H100_PEAK_TFLOPS['bf16']:.0f} TFLOPS dense bf16 peak of the datasheet."]
+              f"{H100_PEAK_TFLOPS['bf16']:.0f} TFLOPS dense bf16 peak of the H100/H200 SXM datasheet."]
     if {"eager", "fp8 memory"} <= variants.keys():
         eager, fp8 = variants["eager"], variants["fp8 memory"]
         lines += ["", f"fp8 memory stores the window in {fp8['memory_window_bytes'] / 2**30:.1f} GiB instead of "

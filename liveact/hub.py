@@ -143,6 +143,11 @@ def load_transformer(folder: Path, device: torch.device | str = "cpu", dtype: to
     return model.eval()
 
 
+def config_18b() -> dict:
+    """The released transformer's configuration (shipped with the package: no download)."""
+    return json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+
+
 def parse_size(size: str | Sequence[int]) -> tuple[int, int]:
     """'W*H' (as the reference), or (height, width) -> (height, width), multiples of 16."""
     if isinstance(size, str):

@@ -27,7 +27,7 @@ from PIL import Image
 from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, load_audio
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
-from .hub import PRESETS, Components, LiveActError, check_gpu, load_transformer, parse_size, resolve
+from .hub import PRESETS, Components, LiveActError, check_gpu, config_18b, load_transformer, parse_size, resolve
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
 from .stream import PromptEdit, StreamConfig, StreamingSession
@@ -232,7 +232,7 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     settings = dict(preset.settings) if preset is not None else {}
     height, width = parse_size(size) if size is not None else tuple(settings.get("size", (512, 512)))
     if preset is not None and preset.needs_gpu:  # fail before downloading 40 GB onto a machine that cannot run it
-        config = json.loads((Path(__file__).parent / "configs" / "liveact-18b.json").read_text())
+        config = config_18b()
         check_gpu(options.device, estimate_gpu_bytes(config, (height, width), options, parallel.world if parallel else 1),
                   preset.name, "add --fp8-memory, --offload-memory or --block-offload, or use two GPUs "
                   "(torchrun --nproc-per-node 2 -m liveact generate ...).")

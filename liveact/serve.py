@@ -282,10 +282,9 @@ class _HeapInfo(ctypes.Structure):  # glibc's `struct mallinfo2`
 
 
 def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None  # another C library (macOS, musl): it keeps its own policy
+    libc = ctypes.CDLL(None)  # the C library this process runs on
+    if not hasattr(libc, "malloc_trim"):
+        return None  # not glibc (macOS, musl): its allocator keeps its own policy
     if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
         libc.mallinfo2.restype = _HeapInfo
     return libc
@@ -306,11 +305,10 @@ def release_free_memory() -> None:
     """Give the pages a finished session freed back to the system. glibc keeps freed memory in its heaps, and
     the mix of buffer sizes a session allocates (tensors, video packets, HTTP bodies) reuses it imperfectly:
     without this, a server's RSS creeps up visitor after visitor while the memory in use stays flat.
-    With LIVEACT_HEAP_LOG set, appends the heap's numbers to that file (the soak reads them)."""
-    if _LIBC is None:
-        return
-    _LIBC.malloc_trim(0)
-    heap = heap_bytes()
-    if (log := os.environ.get("LIVEACT_HEAP_LOG")) and heap is not None:
+    With LIVEACT_HEAP_LOG set, appends a line with the heap's numbers (null where unknown) to that file: the
+    soak counts the lines to know a session has ended."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    if log := os.environ.get("LIVEACT_HEAP_LOG"):
         with open(log, "a") as f:
-            f.write(json.dumps(heap) + "\n")
+            f.write(json.dumps(heap_bytes() or {"in_use": None, "free": None}) + "\n")

@@ -6,8 +6,9 @@
    Each one connects with gradio_client, uploads the portrait and the speech, generates a short video with a
    seed of its own, downloads the mp4, and leaves; Gradio's heartbeat notices, and the app ends the session.
    After every visitor: the server's RSS, the bytes under its temp folder (Gradio's uploads and cache,
-   and the sessions' folders), and the bytes glibc's heap holds in live allocations (the app logs them). The start is taken after 20 warm-up visitors: the first requests fill caches
-   that stay (torch's, the allocator's), and Gradio keeps the output values of the last `app.SESSION_STATES`
+   and the sessions' folders), and the bytes glibc's heap holds in live allocations (the app logs them).
+   The start is taken after 20 warm-up visitors: the first requests fill caches that stay (torch's, the
+   allocator's), and Gradio keeps the output values of the last `app.SESSION_STATES`
    (8) visitors, so the server reaches its steady size only after more visitors than that.
 2. `live_session`: one live session (`serve.Broadcast`, as the app's microphone mode runs it, segments not
    kept) fed speech as it goes, for an hour of video; RSS and its folder's bytes every minute of video.
@@ -83,28 +84,33 @@ def many_sessions(sessions: int = 100, seconds: float = 1.0, warm_up: int = 20, 
                        1.0, False, "512*512", api_name="/generate")
         client.close()
 
-    def ended() -> int:  # sessions the app has ended (folder deleted, memory released): one heap line each
-        return len(heap_log.read_text().splitlines()) if heap_log.exists() else 0
+    def heap_lines() -> list[str]:  # one per session the app has ended (folder deleted, memory released)
+        text = heap_log.read_text() if heap_log.exists() else ""
+        return text.split("\n")[:-1]  # whole lines only: the app may be writing the next one
 
     def settle(visitors: int) -> None:  # wait until the app has ended this many sessions
         deadline = time.perf_counter() + 30
-        while ended() < visitors and time.perf_counter() < deadline:
+        while len(heap_lines()) < visitors:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"the app had not ended session {visitors} 30 s after its visitor left")
             time.sleep(0.1)
 
+    def heap_in_use_now() -> int | None:
+        return json.loads(heap_lines()[-1])["in_use"]
+
     rss, temp_bytes, heap_in_use = [], [], []
-    last_heap = lambda: json.loads(heap_log.read_text().splitlines()[-1])["in_use"] if heap_log.exists() else None  # noqa: E731
     try:
         for seed in range(warm_up):
             visit(seed)
         settle(warm_up)
-        start_rss, start_temp, start_heap = _rss_of(server.pid), folder_bytes(temp), last_heap()
+        start_rss, start_temp, start_heap = _rss_of(server.pid), folder_bytes(temp), heap_in_use_now()
         began = time.perf_counter()
         for seed in tqdm(range(warm_up, warm_up + sessions), desc="visitors", disable=not progress):
             visit(seed)
             settle(seed + 1)
             rss.append(_rss_of(server.pid))
             temp_bytes.append(folder_bytes(temp))
-            heap_in_use.append(last_heap())
+            heap_in_use.append(heap_in_use_now())
         wall = time.perf_counter() - began
     finally:
         server.terminate()

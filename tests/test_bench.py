@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from conftest import run_liveact
 from liveact import bench
+from liveact.hub import config_18b
 
 
 def test_bench_command_30_second_smoke(tmp_path):
@@ -53,8 +53,7 @@ def test_rss_is_read():
 def test_gpu_speed_runs_every_variant_of_a_small_config_on_the_cpu():
     """The code `python -m liveact bench --gpu` runs on a GPU, on a config small enough for this CPU (no decode,
     no compile: the Wan VAE at full width and inductor take minutes here)."""
-    config = json.loads((Path(bench.__file__).parent / "configs" / "liveact-18b.json").read_text())
-    config |= dict(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=16, image_dim=32,
+    config = config_18b() | dict(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=16, image_dim=32,
                    image_tokens=5, audio_channels=16, audio_layers=2, intermediate_dim=16, output_dim=16, context_tokens=4)
     report = bench.gpu_speed((64, 64), chunks=4, device="cpu", dtype=torch.float32, config=config,
                              variants=("eager", "fp8 memory"), decode=False, progress=lambda line: None)
@@ -72,3 +71,5 @@ def test_gpu_benchmark_without_a_gpu_is_one_sentence(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", "--gpu"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["bench", "--gpu", "--plot", "gpu.png"]) == 2  # the GPU report has nothing to plot
+    assert "--gpu measures the 18B config" in capsys.readouterr().err

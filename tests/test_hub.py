@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, example, run_liveact
-from liveact.hub import LiveActError, load_transformer, resolve
+from conftest import example, run_liveact
+from liveact.hub import LiveActError, config_18b, load_transformer, resolve
 from liveact.pipeline import Options, estimate_gpu_bytes
 from liveact.stream import StreamConfig
 from liveact.transformer import LiveActTransformer
@@ -93,7 +93,7 @@ def test_a_folder_missing_parts_is_a_clear_error(tmp_path):
 
 
 def test_gpu_memory_estimate_of_the_18b_model():
-    config = json.loads((ROOT / "liveact" / "configs" / "liveact-18b.json").read_text())
+    config = config_18b()
     bf16 = Options(dtype=torch.bfloat16)
     full = estimate_gpu_bytes(config, (720, 416), bf16)
     window = 3 * 40 * 2 * 14 * (45 * 26) * 5120 * 2  # DESIGN.md: about 40 GB at 416x720 in bf16

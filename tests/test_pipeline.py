@@ -7,7 +7,8 @@ import torch
 from conftest import example, make_tiny_model, stream_latents
 from liveact.audio import load_audio
 from liveact.hub import LiveActError
-from liveact.pipeline import load, parse_size
+from liveact.hub import parse_size
+from liveact.pipeline import load
 from liveact.transformer import set_attention_backend
 
 
