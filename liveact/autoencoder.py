@@ -115,7 +115,7 @@ class TinyVideoAutoencoder(ModelMixin, ConfigMixin):
         return TinyStreamingDecoder(self)
 
     def channels_last(self) -> "TinyVideoAutoencoder":
-        """Convolution weights in channels-last layout: oneDNN runs these convs 1.5-2x faster on a CPU."""
+        """Convolution weights in channels-last layout, oneDNN's fast layout on a CPU (docs/SPEED.md)."""
         for net in (self.encoder, self.decoder):
             net.to(memory_format=torch.channels_last)
         return self
