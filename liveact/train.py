@@ -19,6 +19,7 @@ each chunk and of what stays in memory:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -180,22 +181,32 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LIVEACT_CACHE", Path.home() / ".cache" / "liveact"))
 
 
+def _fingerprint(*folders: Path) -> str:
+    """A short hash of every file under `folders` (names and bytes)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def denoiser_data(encoders: str | Path, clips: int = 240, seconds: float = 10.0, seed: int = 0,
                   progress: bool = True) -> dict:
     """Rendered clips turned into what the denoiser trains on, cached on disk (ablations share it):
     latents [N, 16, 1 + G, 16, 16] (the portrait's, then one per group of 4 frames), y [N, 20, 14, 16, 16],
     per-frame mel features [N, 1 + 4G, 1, 32], image tokens [N, 17, 32], text tokens [N, 16, 32]."""
     from .audio import MelFeatures
-    from .autoencoder import load_autoencoder
+    from .autoencoder import WEIGHTS, load_autoencoder
     from .encoders import ImageEncoder, TextEncoder
     from .synthetic import EXPRESSIONS, REST, mouth_position, to_image
-    from .tiny import FPS, SIZE, TRANSFORMER, prompt_for
+    from .tiny import ENCODER_PARTS, FPS, SIZE, TRANSFORMER, prompt_for
     from .vae import condition
 
-    cache = _cache_dir() / f"denoiser-data-v2-{clips}x{seconds:g}s-seed{seed}.pt"
+    encoders = Path(encoders)
+    made_by = _fingerprint(WEIGHTS, *(encoders / part for part in ENCODER_PARTS))  # retrained encoders: new data
+    cache = _cache_dir() / f"denoiser-data-v2-{clips}x{seconds:g}s-seed{seed}-{made_by}.pt"
     if cache.exists():
         return torch.load(cache)
-    encoders = Path(encoders)
     autoencoder = load_autoencoder()
     image_encoder = ImageEncoder.from_pretrained(encoders / "image_encoder", encoders / "image_processor")
     text_encoder = TextEncoder.from_pretrained(encoders / "text_encoder", encoders / "tokenizer",

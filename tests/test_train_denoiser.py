@@ -164,3 +164,24 @@ def test_eval_command_writes_the_summary(tmp_path):
     assert list(summary["identity_drift"]) == ["10s"]  # only the times a 12-second rollout reaches
     assert (tmp_path / "drift.png").stat().st_size > 0 and (tmp_path / "sheet.png").stat().st_size > 0
     assert result.stdout.splitlines()[-1].startswith("| tiny |")
+
+
+def test_the_data_cache_is_keyed_by_the_encoders_that_made_it(data, tmp_path):
+    """Retrained encoders must not reuse clips encoded by the old ones."""
+    import shutil
+
+    from liveact.autoencoder import WEIGHTS
+    from liveact.tiny import ENCODER_PARTS
+
+    folder = data[0] / "model"
+    copy = tmp_path / "model"
+    for part in ENCODER_PARTS:
+        shutil.copytree(folder / part, copy / part)
+    parts = lambda root: [root / part for part in ENCODER_PARTS]  # noqa: E731
+    assert train._fingerprint(*parts(copy)) == train._fingerprint(*parts(folder))
+    weights = next((copy / "text_encoder").glob("*.safetensors"))
+    changed = bytearray(weights.read_bytes())
+    changed[-1] ^= 1
+    weights.write_bytes(bytes(changed))
+    assert train._fingerprint(*parts(copy)) != train._fingerprint(*parts(folder))
+    assert len(list((data[0] / "cache").glob(f"*-{train._fingerprint(WEIGHTS, *parts(folder))}.pt"))) == 1  # the name
