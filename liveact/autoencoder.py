@@ -133,10 +133,11 @@ class TinyStreamingDecoder:
         return video
 
 
-def load_autoencoder(path: str | Path = WEIGHTS) -> TinyVideoAutoencoder:
+def load_autoencoder(path: str | Path = WEIGHTS, dtype: torch.dtype = torch.float32) -> TinyVideoAutoencoder:
     if not Path(path).exists():
         raise FileNotFoundError(f"no autoencoder weights at {path}: train them with `python -m liveact train autoencoder`")
-    return TinyVideoAutoencoder.from_pretrained(path).eval().channels_last()
+    # a few MB: loading it the plain way needs no `accelerate` (and prints no advice to install it)
+    return TinyVideoAutoencoder.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False).eval().channels_last()
 
 
 def decode_rate(model: TinyVideoAutoencoder, seconds: float = 10.0, size: int = 128, runs: int = 3) -> float:

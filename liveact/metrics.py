@@ -83,7 +83,7 @@ class Reader(ModelMixin, ConfigMixin):
 def load_reader(path: str | Path = WEIGHTS) -> Reader:
     if not Path(path).exists():
         raise FileNotFoundError(f"no reader weights at {path}: train them with `python -m liveact train reader`")
-    return Reader.from_pretrained(path).eval()
+    return Reader.from_pretrained(path, low_cpu_mem_usage=False).eval()  # small: no `accelerate` needed
 
 
 def evaluate_reader(reader: Reader, count: int = 2000, seed: int = 424242, size: int = 128) -> dict:

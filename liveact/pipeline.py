@@ -60,7 +60,7 @@ class VideoChunk:
 def _load_vae(folder: Path, device, dtype) -> VideoAutoencoder:
     """The Wan VAE, or the tiny autoencoder when the folder's config names it."""
     if json.loads((Path(folder) / "config.json").read_text()).get("_class_name") == "TinyVideoAutoencoder":
-        return load_autoencoder(folder).to(device=device, dtype=dtype)
+        return load_autoencoder(folder, dtype).to(device)  # the dtype at loading: diffusers warns at .to(dtype)
     return WanVAE.from_pretrained(folder, device=device, dtype=dtype)
 
 
