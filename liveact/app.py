@@ -26,7 +26,7 @@ from .audio import SAMPLE_RATE, load_audio, save_wav
 from .hub import PRESETS, LiveActError
 from .inputs import Limits, LiveActInputError, check_speech_length, read_portrait
 from .pipeline import LiveActPipeline, load
-from .serve import Broadcast, parse_edits, release_free_memory
+from .serve import Broadcast, log_heap, parse_edits, release_free_memory
 from .synthetic import portrait as synthetic_portrait, speech
 from .tts import speak
 
@@ -141,6 +141,7 @@ class Studio:
         if broadcast is not None:
             broadcast.close()
             release_free_memory()
+            log_heap()
 
     def close(self) -> None:
         for key in list(self.broadcasts):

@@ -6,6 +6,7 @@
     broadcast.movie()                                           the whole stream as one mp4, segments joined
     broadcast.close()                                           deletes the folder (also on errors and Stop)
     release_free_memory()                                       a server's RSS stays flat, visitor after visitor
+    log_heap()                                                  the heap's numbers, for the soak
 
 The web app (`liveact.app`) is a thin layer over this; tests and benchmarks drive it without a browser.
 """
@@ -304,11 +305,14 @@ def heap_bytes() -> dict[str, int] | None:
 def release_free_memory() -> None:
     """Give the pages a finished session freed back to the system. glibc keeps freed memory in its heaps, and
     the mix of buffer sizes a session allocates (tensors, video packets, HTTP bodies) reuses it imperfectly:
-    without this, a server's RSS creeps up visitor after visitor while the memory in use stays flat.
-    With LIVEACT_HEAP_LOG set, appends a line with the heap's numbers (null where unknown) to that file: the
-    soak counts the lines to know a session has ended."""
+    without this, a server's RSS creeps up visitor after visitor while the memory in use stays flat."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def log_heap() -> None:
+    """With LIVEACT_HEAP_LOG set, append a line with the heap's numbers (null where unknown) to that file: the
+    soak counts the lines to know the app has ended a session."""
     if log := os.environ.get("LIVEACT_HEAP_LOG"):
         with open(log, "a") as f:
             f.write(json.dumps(heap_bytes() or {"in_use": None, "free": None}) + "\n")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .pipeline import LiveActPipeline, LiveSession, VideoChunk, load
+from .serve import release_free_memory
 
 READY_TIMEOUT = 900  # seconds for a helper to load the model (the 18B weights from disk)
 
@@ -70,6 +71,7 @@ def _helper(rank: int, world: int, port: int, model: str, device: str | None, in
             live.next_chunk(decode=False)  # denoise only: rank 0 decodes and streams
         elif command == "end":
             live = None
+            release_free_memory()  # as rank 0 does when its session ends
         elif command == "quit":
             break
     dist.destroy_process_group()

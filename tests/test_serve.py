@@ -11,7 +11,7 @@ import pytest
 from conftest import probe
 from liveact.memory import MemoryLayout
 from liveact.inputs import Limits, LiveActInputError
-from liveact.serve import Broadcast, heap_bytes, parse_edits, release_free_memory
+from liveact.serve import Broadcast, heap_bytes, log_heap, parse_edits, release_free_memory
 from liveact.stream import ChunkGeometry
 from liveact.synthetic import SAMPLE_RATE, speech
 from liveact.synthetic import portrait as synthetic_portrait
@@ -150,5 +150,6 @@ def test_freed_memory_goes_back_to_the_system(tmp_path, monkeypatch):
     monkeypatch.setenv("LIVEACT_HEAP_LOG", str(tmp_path / "heap.jsonl"))
     release_free_memory()
     assert rss_bytes() < before - 100 * 2**20
+    log_heap()
     heap = json.loads((tmp_path / "heap.jsonl").read_text())
     assert heap["in_use"] >= sum(piece.nbytes for piece in kept) and heap["free"] > 0
