@@ -38,16 +38,17 @@ SESSION_STATES = 8  # Gradio keeps a copy of a visitor's outputs for an hour aft
 # the least recently active dropped first (our handlers read nothing back from them; docs/RELIABILITY.md)
 
 
-def load_model(name: str, workers: int = 1):
-    """(pipeline, worker pool or None, notice): the model asked for -- on `workers` processes, one per GPU --
-    or the tiny one with a sentence saying why not (no weights, no GPU)."""
+def load_model(name: str, workers: int = 1, **load_kwargs):
+    """(pipeline, worker pool or None, notice): the model asked for -- on `workers` processes, one per GPU, with
+    `load_kwargs` for `liveact.load` (wav2vec, size) -- or the tiny one with a sentence saying why not (no
+    weights, no GPU)."""
     try:
         if workers > 1:
             from .workers import WorkerPool
 
-            pool = WorkerPool(name, workers)
+            pool = WorkerPool(name, workers, **load_kwargs)
             return pool.pipe, pool, ""
-        return load(name), None, ""
+        return load(name, **load_kwargs), None, ""
     except RuntimeError as error:  # LiveActError, or a worker that could not load the model
         if name == "tiny":
             raise
@@ -86,8 +87,8 @@ class Studio:
     serves that mp4 without a copy, and deleting the folder deletes everything the session wrote."""
 
     def __init__(self, model: str = "tiny", limits: Limits | None = None, root: str | Path | None = None,
-                 workers: int = 1):
-        self.pipe, self.pool, self.notice = load_model(model, workers)
+                 workers: int = 1, **load_kwargs):
+        self.pipe, self.pool, self.notice = load_model(model, workers, **load_kwargs)
         self.start = self.pool.start if self.pool is not None else self.pipe.start
         self.limits = limits or Limits.from_env()
         self.root = Path(root or Path(gr.utils.get_upload_folder()) / "liveact-sessions")
@@ -231,8 +232,8 @@ def _as_page_errors():
 
 
 def resizable(pipe: LiveActPipeline) -> bool:
-    """The 18B presets run at any of the reference's resolutions; a trained tiny model at its own only."""
-    return pipe.name in PRESETS and PRESETS[pipe.name].needs_gpu
+    """The released model runs at any of the reference's resolutions; a trained tiny model at its own only."""
+    return pipe.released
 
 
 def _geometry(pipe: LiveActPipeline):
@@ -276,7 +277,9 @@ def build(studio: Studio, examples_folder: str | Path) -> gr.Blocks:
                     seed = gr.Number(label="Seed", value=42, precision=0)
                     memory = gr.Radio(["conv", "mean"], value="conv", label="Memory (ConvKV compression)")
                     guidance = gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="Audio guidance (CFG)")
-                    size = gr.Dropdown(list(SIZES_18B), value="512*512", label="Resolution (18B model)", visible=resizable(pipe))
+                    started = f"{pipe.size[1]}*{pipe.size[0]}"  # the size the model was loaded at comes first
+                    size = gr.Dropdown([started] + [s for s in SIZES_18B if s != started], value=started,
+                                       label="Resolution (18B model)", visible=resizable(pipe))
                     fp8 = gr.Checkbox(label="fp8 key/value memory", value=False)
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -334,7 +337,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))  # Spaces set 0.0.0.0
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--model", default=os.environ.get("LIVEACT_MODEL", "tiny"),
-                        help="tiny (default, CPU), liveact-18b (GPUs), or a model folder")
+                        help="tiny (default, CPU), liveact-18b (GPUs), or a model folder (the released LiveAct folder)")
+    parser.add_argument("--wav2vec", default=os.environ.get("LIVEACT_WAV2VEC"),
+                        help="the wav2vec2 folder for a released model folder (default: chinese-wav2vec2-base beside it)")
+    parser.add_argument("--size", default=os.environ.get("LIVEACT_SIZE"),
+                        help="WIDTH*HEIGHT the released model starts at (default: 416*720, its first choice on the page)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="CPU threads for the model (default: all cores but one, left to encoding and the browser)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("LIVEACT_WORKERS", 0)) or None,
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     workers = args.workers or default_workers(args.model)
-    studio = Studio(args.model, workers=workers)
+    studio = Studio(args.model, workers=workers, wav2vec=args.wav2vec, size=args.size)
     examples = Path(tempfile.gettempdir()) / "liveact-examples"
     demo = build(studio, examples)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(examples)],

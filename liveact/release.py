@@ -42,20 +42,22 @@ State = dict[str, torch.Tensor]
 # -- the folder ---------------------------------------------------------------------------------------
 
 def is_release(folder: Path) -> bool:
-    """A folder in the released layout holds its parts as files at the top, not as part folders."""
-    return any((Path(folder) / name).exists() for name in (VAE_FILE, CLIP_FILE, T5_FILE))
+    """The released layout holds the transformer at the top and its other parts as files beside it."""
+    folder = Path(folder)
+    return (any((folder / name).exists() for name in (VAE_FILE, CLIP_FILE, T5_FILE))
+            or ((folder / "config.json").exists() and not (folder / "transformer").is_dir()))
 
 
 def components(folder: Path, wav2vec: Path | None = None, name: str | None = None) -> Components:
     """Where each part of a released folder is; one sentence naming the first file that is missing."""
     folder = Path(folder)
     paths = {"transformer": folder, "vae": folder / VAE_FILE, "image_encoder": folder / CLIP_FILE,
-             "text_encoder": folder / T5_FILE, "tokenizer": folder / T5_TOKENIZER,
-             "audio_encoder": Path(wav2vec) if wav2vec else _find_wav2vec(folder)}
+             "text_encoder": folder / T5_FILE, "tokenizer": folder / T5_TOKENIZER}
     for path in paths.values():
         if not path.exists():
-            raise LiveActError(f"the released LiveAct folder {folder} lacks {path.name}: download it again with "
-                               f"`hf download Soul-AILab/LiveAct --local-dir {folder}`.")
+            raise LiveActError(f"the released LiveAct folder {folder} lacks {path.relative_to(folder)}: download it "
+                               f"again with `hf download Soul-AILab/LiveAct --local-dir {folder}`.")
+    paths["audio_encoder"] = Path(wav2vec) if wav2vec else _find_wav2vec(folder)
     return Components(name or folder.name, paths, dict(SETTINGS), released=True)
 
 
@@ -107,6 +109,23 @@ def _indices(state: State, prefix: str) -> list[int]:
     """Sorted distinct N of keys 'prefix.N.*'."""
     pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
     return sorted({int(m.group(1)) for key in state if (m := pattern.match(key))})
+
+
+def load_parts(parts: Components, device, text_device, dtype, text_len: int):
+    """The released folder's autoencoder, image encoder and text encoder (with its tokenizer folder)."""
+    from transformers import AutoTokenizer
+
+    from .encoders import ImageEncoder, TextEncoder
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(parts["tokenizer"])
+    except (OSError, ValueError) as error:
+        raise LiveActError(f"the tokenizer folder {parts['tokenizer']} is unreadable ({type(error).__name__}): "
+                           f"download the released folder again.") from None
+    return (load_vae(parts["vae"], device, dtype),
+            ImageEncoder(load_clip(parts["image_encoder"], device, dtype), device=device, dtype=dtype),
+            TextEncoder(load_t5(parts["text_encoder"], text_device, dtype), tokenizer, max_length=text_len,
+                        device=text_device, dtype=dtype))
 
 
 # -- Wan2.1_VAE.pth -> diffusers AutoencoderKLWan --------------------------------------------------------

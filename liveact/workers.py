@@ -48,12 +48,12 @@ def _rank_environment(rank: int, world: int, port: int):
             os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
 
 
-def _helper(rank: int, world: int, port: int, model: str, device: str | None, inbox, outbox) -> None:
+def _helper(rank: int, world: int, port: int, model: str, load_kwargs: dict, inbox, outbox) -> None:
     """Rank >= 1: load the model, then mirror rank 0's session calls until told to quit."""
     torch.set_num_threads(1)
     try:
         with _rank_environment(rank, world, port):
-            pipe = load(model, device=device)
+            pipe = load(model, **load_kwargs)
     except Exception as error:  # noqa: BLE001 -- reported to rank 0, which says it in one sentence
         outbox.put(("error", rank, f"{type(error).__name__}: {error}"))
         return
@@ -80,18 +80,19 @@ def _helper(rank: int, world: int, port: int, model: str, device: str | None, in
 class WorkerPool:
     """Rank 0 of `world` processes that run one session at a time together."""
 
-    def __init__(self, model: str, world: int, device: str | None = None):
+    def __init__(self, model: str, world: int, **load_kwargs):
+        """`load_kwargs` go to `liveact.load` on every rank (device, wav2vec, ...)."""
         context = mp.get_context("spawn")
         port = free_port()
         self.inboxes = [context.Queue() for _ in range(world - 1)]
         replies = context.Queue()
-        self.helpers = [context.Process(target=_helper, args=(rank, world, port, model, device, inbox, replies),
+        self.helpers = [context.Process(target=_helper, args=(rank, world, port, model, load_kwargs, inbox, replies),
                                         daemon=True) for rank, inbox in enumerate(self.inboxes, 1)]
         for helper in self.helpers:
             helper.start()
         try:
             with _rank_environment(0, world, port):
-                self.pipe: LiveActPipeline = load(model, device=device)  # the rendezvous waits for every helper
+                self.pipe: LiveActPipeline = load(model, **load_kwargs)  # the rendezvous waits for every helper
         except Exception:
             self.close()
             raise

@@ -42,20 +42,31 @@ def offline_hub(tmp_path, monkeypatch):
     return tmp_path / "hf"
 
 
-def test_18b_preset_resolves_from_a_local_hub_cache(offline_hub, random_model_dir):
-    # the tiny random model stands in for the released repositories, in their layouts
+def test_18b_preset_downloads_exactly_the_reference_readme_repositories(offline_hub, random_model_dir, monkeypatch):
+    # the tiny random model's transformer stands in for the released folder, its encoders' files for the .pth parts
+    import huggingface_hub
+
+    from liveact import release
+
     model = random_model_dir
-    put_in_cache(offline_hub, "Soul-AILab/LiveAct", {p.name: p for p in (model / "transformer").iterdir()})
-    put_in_cache(offline_hub, "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-                 {f"{part}/{p.name}": p for part in ("vae", "image_encoder", "image_processor", "text_encoder", "tokenizer")
-                  for p in (model / part).iterdir()})
+    released = {p.name: p for p in (model / "transformer").iterdir()}
+    released |= {name: model / "vae" / "config.json" for name in (release.VAE_FILE, release.CLIP_FILE, release.T5_FILE)}
+    released |= {f"{release.T5_TOKENIZER}/{p.name}": p for p in (model / "tokenizer").iterdir()}
+    put_in_cache(offline_hub, "Soul-AILab/LiveAct", released)
     put_in_cache(offline_hub, "TencentGameMate/chinese-wav2vec2-base", {p.name: p for p in (model / "audio_encoder").iterdir()})
+    asked = []
+    download = huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: asked.append(repo) or download(repo, **kw))
     parts = resolve("liveact-18b")
-    assert parts["transformer"].name == COMMIT and (parts["transformer"] / "config.json").exists()
-    assert parts["vae"].name == "vae" and (parts["vae"] / "config.json").exists()
+    assert sorted(asked) == ["Soul-AILab/LiveAct", "TencentGameMate/chinese-wav2vec2-base"]
+    assert parts.released and parts["transformer"].name == COMMIT and parts["vae"].name == release.VAE_FILE
     assert (parts["audio_encoder"] / "preprocessor_config.json").exists()
-    transformer = load_transformer(parts["transformer"])
-    assert transformer.config.dim == 32
+    assert load_transformer(parts["transformer"]).config.dim == 32
+
+
+def test_a_folder_of_part_folders_takes_another_wav2vec2(random_model_dir, tmp_path):
+    parts = resolve(random_model_dir, wav2vec=tmp_path)
+    assert not parts.released and parts["audio_encoder"] == tmp_path
 
 
 def test_missing_weights_are_one_actionable_sentence(offline_hub):
@@ -81,6 +92,9 @@ def test_load_transformer_from_released_style_sharded_checkpoint(tmp_path):
         assert torch.equal(a.to(torch.bfloat16), b), name
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_layers": 3}))
     with pytest.raises(LiveActError, match="does not fit the LiveAct layout"):
+        load_transformer(tmp_path)
+    (tmp_path / "diffusion_pytorch_model.safetensors.index.json").unlink()  # shards without their index: not globbed
+    with pytest.raises(LiveActError, match="holds no transformer weights"):
         load_transformer(tmp_path)
 
 
