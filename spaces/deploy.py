@@ -1,7 +1,8 @@
 """Deploy the web demo to a Hugging Face Space.
 
     python spaces/deploy.py --dry-run [--out build/space]     build the exact bundle into a folder and validate it
-                                                              (front matter, files, the app imports): no network
+                                                              (front matter, files, the app imports; the storage
+                                                              tier against the model's files when the Hub answers)
     python spaces/deploy.py --repo YOU/liveact [--hardware rtx-pro-6000x2] [--model liveact-18b]
                                                               create or update the Space and upload the bundle
 
@@ -23,7 +24,14 @@ HERE = Path(__file__).resolve().parent
 BUNDLE = {"app.py": ROOT / "app.py", "liveact": ROOT / "liveact", "LICENSE": ROOT / "LICENSE",
           "README.md": HERE / "README.md", "requirements.txt": HERE / "requirements.txt",
           "packages.txt": HERE / "packages.txt"}
-REQUIRED_FRONT_MATTER = ("title", "sdk", "sdk_version", "app_file", "python_version", "suggested_hardware")
+REQUIRED_FRONT_MATTER = ("title", "sdk", "sdk_version", "app_file", "python_version", "suggested_hardware",
+                         "suggested_storage")
+# persistent storage tiers (huggingface_hub.SpaceStorage) -> capacity in GB,
+# per https://huggingface.co/docs/hub/spaces-storage
+STORAGE_GB = {"small": 20, "medium": 150, "large": 1000}
+# a tenth more than the files: HF_HOME holds more than the snapshots (hf-xet's folder, HF_HOME/xet), and an
+# updated repository's changed files download beside the old revision's, which stay until the cache is pruned
+HEADROOM = 1.1
 
 
 def build(out: Path) -> Path:
@@ -48,8 +56,32 @@ def front_matter(readme: Path) -> dict:
     return yaml.safe_load(text[4:text.index("\n---\n", 4)])
 
 
-def validate(folder: Path) -> list[str]:
-    """Everything that would make the Space fail to build or start, as sentences (empty: all good)."""
+def storage_problems(tier: str, model: str) -> list[str]:
+    """The storage tier against the bytes `model` downloads; skipped, in one printed line, when the Hub cannot say."""
+    from liveact.hub import PRESETS, LiveActError, download_bytes
+
+    if tier not in STORAGE_GB:
+        return [f"suggested_storage {tier!r} is not a Space storage tier ({', '.join(STORAGE_GB)})"]
+    preset = PRESETS.get(model)
+    if preset is None or preset.repo is None:
+        return []  # tiny ships in the bundle, and a local folder is not on the Space: nothing to download
+    try:
+        needed = download_bytes(preset) * HEADROOM / 1e9
+    except LiveActError as error:
+        print(f"storage check skipped: {error}")
+        return []
+    print(f"storage: {model} needs about {needed:.0f} GB with {HEADROOM - 1:.0%} headroom; {tier} holds "
+          f"{STORAGE_GB[tier]} GB")
+    if needed <= STORAGE_GB[tier]:
+        return []
+    fits = next((name for name, capacity in STORAGE_GB.items() if capacity >= needed), "none")
+    return [f"suggested_storage {tier} ({STORAGE_GB[tier]} GB) is too small for {model}: its files need about "
+            f"{needed:.0f} GB with {HEADROOM - 1:.0%} headroom; the tier that fits is {fits}"]
+
+
+def validate(folder: Path, model: str = "liveact-18b") -> list[str]:
+    """Everything that would make the Space fail to build or start, or run out of disk for `model`, as
+    sentences (empty: all good)."""
     import gradio
     from huggingface_hub import SpaceHardware
 
@@ -68,6 +100,8 @@ def validate(folder: Path) -> list[str]:
         problems.append("requirements.txt does not pin gradio to the sdk_version")
     if meta.get("suggested_hardware") not in {h.value for h in SpaceHardware}:
         problems.append(f"suggested_hardware {meta.get('suggested_hardware')!r} is not a Space hardware flavour")
+    if "suggested_storage" in meta:
+        problems += storage_problems(str(meta["suggested_storage"]), model)
     if not (folder / str(meta.get("app_file", "app.py"))).is_file():
         problems.append(f"app_file {meta.get('app_file')} is not in the bundle")
     if not list((folder / "liveact" / "weights" / "tiny").glob("*/*.safetensors")):
@@ -92,17 +126,20 @@ def deploy(folder: Path, repo: str, hardware: str | None, model: str, private: b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="build and validate the bundle only (no network)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build and validate the bundle only (no upload; the storage check asks the Hub for sizes)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "space", help="where the bundle is built")
     parser.add_argument("--repo", help="the Space, e.g. you/liveact (required without --dry-run)")
-    parser.add_argument("--hardware", help="a Space hardware flavour (default: the front matter's suggestion)")
-    parser.add_argument("--model", default="liveact-18b", help="LIVEACT_MODEL for the Space (tiny runs on CPU)")
+    parser.add_argument("--hardware", help="a Space hardware flavour, requested when the Space is created (default: "
+                                           "Hugging Face's cpu-basic; the front matter only suggests one)")
+    parser.add_argument("--model", default="liveact-18b",
+                        help="LIVEACT_MODEL for a Space this creates (tiny runs on CPU); the storage check's model")
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
     if not args.dry_run and not args.repo:
         parser.error("--repo is required unless --dry-run")
     folder = build(args.out)
-    problems = validate(folder)
+    problems = validate(folder, args.model)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     if problems:
