@@ -6,6 +6,7 @@
     python -m liveact bench [--long-minutes 30] [--flops] (speed, constant memory, the 18B model's cost)
     python -m liveact soak --sessions 100 --live-minutes 60  (nothing leaks: RSS and temp files stay flat)
     python -m liveact world sheet | autoencoder-bench     (docs figures of the synthetic world)
+    python -m liveact audio-compare speech.wav --fps 20   (our speech preprocessing against the reference's)
 
 Also runs the reference's example files: `python -m liveact generate --input-json examples.json --out outdir/`
 (entries with `prompt`, `cond_image`, `cond_audio` and optional `edit_prompt` {"[a, b]": "prompt"}).
@@ -19,13 +20,15 @@ import ast
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def parse_edits(spec: dict[str, str]) -> list[tuple[int, int | None, str]]:
-    """{"[a, b]": prompt} (inclusive chunk ranges, as the reference) -> [(a, b + 1, prompt)]."""
+    """{"[a, b]": prompt} (inclusive chunk ranges, as the reference) -> [(a, b + 1, prompt)], in the given order:
+    where ranges overlap the first wins, as in the reference."""
     from .inputs import LiveActInputError, check_edits
 
     edits = []
@@ -66,10 +69,15 @@ def _jobs(args) -> list[dict]:
     return [dict(image=Path(args.image), audio=Path(args.audio), prompt=args.prompt, edits=edits, out=Path(args.out))]
 
 
+def _warning_line(message, *_) -> None:
+    """A warning as one line on stderr, as errors are printed."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def generate(args) -> int:
     import torch
 
-    from .audio import load_audio
+    from .audio import decode_audio
     from .hub import LiveActError
     from .inputs import Limits, LiveActInputError, check_prompt, read_portrait
     from .pipeline import Options, load
@@ -85,13 +93,16 @@ def generate(args) -> int:
         jobs = _jobs(args)
         for job in jobs:  # every input checked before the model loads: a bad file fails in a second
             read_portrait(job["image"])
-            load_audio(job["audio"], max_seconds=limit)
+            decode_audio(job["audio"], max_seconds=limit)
             check_prompt(job["prompt"])
         pipe = load(args.model, device=args.device, dtype=dtype, size=args.size, fps=args.fps, options=options)
         rank0 = pipe.parallel is None or pipe.parallel.rank == 0
         for job in jobs:
-            out = pipe.generate(job["image"], job["audio"], job["out"], prompt=job["prompt"], seed=args.seed,
-                                edits=job["edits"], progress=rank0, max_audio_seconds=limit)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line
+                out = pipe.generate(job["image"], job["audio"], job["out"], prompt=job["prompt"], seed=args.seed,
+                                    edits=job["edits"], progress=rank0, max_audio_seconds=limit,
+                                    stream_audio=args.stream_audio)
             if rank0:
                 print(out)
     except (LiveActError, LiveActInputError) as error:
@@ -106,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="portrait + speech -> talking-head mp4 with the speech as sound")
     gen.add_argument("--image", help="portrait (png, jpg, ...)")
-    gen.add_argument("--audio", help="speech (wav, mp3, m4a, flac, ogg, or a video's soundtrack)")
+    gen.add_argument("--audio", help="speech (wav, mp3, m4a, flac, ogg, or a video's soundtrack; channel 0)")
+    gen.add_argument("--stream-audio", action="store_true",
+                     help="featurize each chunk's audio window alone, as a live stream (the reference's --steam_audio)")
     gen.add_argument("--out", help="output mp4 (a folder with --input-json)")
     gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
     gen.add_argument("--edit-json", help='prompt edits by chunk range: {"[2, 5]": "the person smiles"}')
@@ -177,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     world.add_argument("what", choices=["sheet", "autoencoder-bench"])
     world.add_argument("--out", help="PNG of the contact sheet (default docs/synthetic-world.png)")
     world.add_argument("--seconds", type=float, default=10.0, help="video decoded per benchmark run")
+    compare = commands.add_parser("audio-compare", help="our speech preprocessing against the reference's "
+                                  "(ffmpeg atempo vs sox tempo; channel 0 vs a downmix), in features (docs/AUDIO.md)")
+    compare.add_argument("speech", nargs="+", help="speech recordings (the first also makes the stereo case)")
+    compare.add_argument("--fps", type=float, default=20.0, help="video frames per second (tempo 25/fps)")
+    compare.add_argument("--no-wav2vec2", action="store_true", help="log-mel features only")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     _quiet_libraries()
     return {"generate": generate, "train": train_command, "eval": eval_command, "bench": bench_command,
-            "soak": soak_command, "world": world_command}[args.command](args)
+            "soak": soak_command, "world": world_command, "audio-compare": audio_compare_command}[args.command](args)
 
 
 def train_command(args) -> int:
@@ -285,6 +303,21 @@ def world_command(args) -> int:
         from .autoencoder import benchmark
 
         print(benchmark(seconds=args.seconds))
+    return 0
+
+
+def audio_compare_command(args) -> int:
+    from .audio_compare import markdown, run
+    from .hub import LiveActError
+    from .inputs import LiveActInputError
+
+    try:
+        rows = run(args.speech, args.fps, wav2vec2=not args.no_wav2vec2)
+    except (LiveActError, LiveActInputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("python -m liveact " + " ".join(args.argv))
+    print(markdown(rows))
     return 0
 
 

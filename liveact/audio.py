@@ -1,8 +1,10 @@
 """Speech in, per-video-frame features out.
 
-Pipeline of the reference: decode any audio (PyAV/ffmpeg) -> mono -> time-stretch by 25/fps without
-changing pitch (the audio encoder was trained on 25 feature frames per second, so stretching makes one
-feature frame per *video* frame at any fps) -> 16 kHz -> gain x3 -> featurizer -> [frames, layers, channels].
+Pipeline of the reference: decode any audio (PyAV/ffmpeg) -> channel 0 at the file's own sample rate ->
+time-stretch by 25/fps without changing pitch (the audio encoder was trained on 25 feature frames per second,
+so stretching makes one feature frame per *video* frame at any fps) -> 16 kHz -> gain x3 -> featurizer ->
+[frames, layers, channels]. The reference stretches with sox's `tempo`, we with ffmpeg's `atempo`: the
+difference is measured in docs/AUDIO.md.
 
 Two featurizers share one interface: `Wav2Vec2Features` (the 18B model's: all 12 hidden layers of a
 wav2vec2-base, its CNN features resampled to the video frame count before the transformer) and
@@ -13,6 +15,7 @@ chunk's window at a time, as the reference's streaming mode does.
 from __future__ import annotations
 
 from fractions import Fraction
+from itertools import chain
 from pathlib import Path
 from typing import Protocol
 
@@ -29,9 +32,10 @@ ENCODER_FPS = 25  # feature frames per second the audio encoders were trained wi
 GAIN = 3.0  # the reference amplifies speech before featurizing
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
-    """Decode the first audio stream of any file ffmpeg reads (wav, mp3, m4a, flac, ogg, a video's
-    soundtrack) to mono float32 at `sample_rate`; longer than `max_seconds` is refused from the header."""
+def decode_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Channel 0 of the first audio stream of any file ffmpeg reads (wav, mp3, m4a, flac, ogg, a video's
+    soundtrack) as float32 at the file's own sample rate, as the reference reads speech: (samples, rate).
+    Longer than `max_seconds` is refused from the header."""
     path = Path(path)
     if not path.is_file():
         raise LiveActInputError(f"the speech file {path.name} was not found.")
@@ -43,15 +47,23 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: fl
                 raise LiveActInputError(f"{path.name} has no audio track.")
             if max_seconds is not None and container.duration is not None:  # before decoding an hour of it
                 check_speech_length(container.duration / av.time_base, max_seconds)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            pieces = [out.to_ndarray()[0] for frame in container.decode(container.streams.audio[0])
-                      for out in resampler.resample(frame)]
-            pieces += [out.to_ndarray()[0] for out in resampler.resample(None)]
+            resampler = av.AudioResampler(format="fltp")  # planar float: row 0 is channel 0; rate and layout kept
+            pieces, rate = [], SAMPLE_RATE  # no samples at all: no sound, refused below
+            for frame in chain(container.decode(container.streams.audio[0]), [None]):  # None: flush the resampler
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray()[0].copy())  # a copy: the other channels are not kept
+                    rate = out.sample_rate
     except (av.error.FFmpegError, UnicodeDecodeError):
         raise LiveActInputError(f"cannot decode {path.name} as audio; give a wav, mp3, m4a, flac or ogg file.") from None
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    check_speech_length(len(samples) / sample_rate, max_seconds)
-    return samples
+    check_speech_length(len(samples) / rate, max_seconds)
+    return samples, rate
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """Channel 0 of any audio file (see `decode_audio`), resampled to `sample_rate`."""
+    samples, rate = decode_audio(path, max_seconds)
+    return resample(samples, rate, sample_rate)
 
 
 def save_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
@@ -86,8 +98,16 @@ def _filter(samples: np.ndarray, sample_rate: int, *filters: tuple[str, str]) ->
             return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def resample(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 samples from `sample_rate` to `target_rate` (ffmpeg's resampler)."""
+    if sample_rate == target_rate or not samples.size:
+        return samples
+    return _filter(samples, sample_rate, ("aresample", str(target_rate)))
+
+
 def prepare_speech(samples: np.ndarray, sample_rate: int, fps: float, gain: float = GAIN) -> np.ndarray:
-    """The reference's preprocessing: tempo x 25/fps (pitch kept), resample to 16 kHz, gain."""
+    """The reference's preprocessing, in its order: tempo x 25/fps (pitch kept) at the speech's own rate, then
+    16 kHz, then gain."""
     filters = []
     if fps != ENCODER_FPS:
         filters.append(("atempo", f"{ENCODER_FPS / fps:.10g}"))
@@ -98,24 +118,23 @@ def prepare_speech(samples: np.ndarray, sample_rate: int, fps: float, gain: floa
 
 
 def as_mono(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Integer or float samples, mono or [samples, channels] (a microphone's), -> mono float32 at `target_rate`."""
+    """Integer or float samples, mono or [samples, channels] (a microphone's: channel 0 is taken, as the reference
+    takes it from a file), -> mono float32 at `target_rate`."""
     samples = np.asarray(samples)
-    if samples.dtype.kind not in "iuf" or samples.ndim not in (1, 2):
+    if samples.dtype.kind not in "iuf" or samples.ndim not in (1, 2) or 0 in samples.shape[1:]:
         raise LiveActInputError(f"speech samples are numbers, [samples] or [samples, channels], not "
                                 f"{samples.dtype} {list(samples.shape)}.")
     if not 1000 <= sample_rate <= 768_000:
         raise LiveActInputError(f"a sample rate of {sample_rate} Hz is not audio; give 8 000 to 192 000 Hz.")
+    if samples.ndim == 2:
+        samples = samples[:, 0]
     if samples.dtype.kind in "iu":  # full scale of the integer type -> [-1, 1]
         info = np.iinfo(samples.dtype)
         samples = (samples.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
-    samples = samples.astype(np.float32)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
+    samples = samples.astype(np.float32)  # a contiguous copy
     if not np.isfinite(samples).all():
         raise LiveActInputError("the speech holds NaN or infinite samples.")
-    if sample_rate != target_rate and samples.size:
-        samples = _filter(samples, sample_rate, ("aresample", str(target_rate)))
-    return samples
+    return resample(samples, sample_rate, target_rate)
 
 
 def frames_in(speech: np.ndarray) -> int:
@@ -209,20 +228,27 @@ class StreamingFeatures:
     Like the reference's streaming mode, the window of video frames [start, start + frames) is
     featurized from the audio of frames [start, start + frames + lookahead) (the +2 frames give the
     last frames their right context). Audio older than what the next window needs is dropped, so
-    memory stays constant however long the stream.
+    memory stays constant however long the stream. Audio is kept at `sample_rate`, by default the rate of
+    the first push: each window's tempo change then runs at the speech's own rate, as the reference's.
     """
 
-    def __init__(self, featurizer: AudioFeaturizer, fps: float, sample_rate: int = SAMPLE_RATE,
+    def __init__(self, featurizer: AudioFeaturizer, fps: float, sample_rate: int | None = None,
                  window_frames: int = 53, context: int = 5, lookahead: int = 2):
-        self.featurizer, self.fps, self.sample_rate = featurizer, fps, sample_rate
+        self.featurizer, self.fps, self._rate = featurizer, fps, sample_rate
         self.window_frames, self.context, self.lookahead = window_frames, context, lookahead
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # absolute sample index of _buffer[0]
         self.finished = False
         self._last: tuple[int, torch.Tensor] | None = None  # chunks 0 and 1 share the window at frame 0
 
+    @property
+    def sample_rate(self) -> int:
+        return self._rate or SAMPLE_RATE
+
     def push(self, samples: np.ndarray, sample_rate: int | None = None) -> None:
-        """Append mono samples (int16 or float; resampled when `sample_rate` differs, e.g. a 48 kHz microphone)."""
+        """Append samples (int16 or float, mono or [samples, channels]; resampled when `sample_rate` differs from
+        the stream's)."""
+        self._rate = self._rate or sample_rate or SAMPLE_RATE  # fixed by the first push
         self._buffer = np.concatenate([self._buffer, as_mono(samples, sample_rate or self.sample_rate, self.sample_rate)])
 
     def finish(self) -> None:

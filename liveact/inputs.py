@@ -27,6 +27,10 @@ class LiveActInputError(ValueError):
     """An input that cannot be used; the message says why and what would work, in one sentence."""
 
 
+class LiveActInputWarning(UserWarning):
+    """An input that is used in part; the message says which part is left out, in one sentence."""
+
+
 @dataclass
 class Limits:
     """What a public server accepts; each can be set by an environment variable (LIVEACT_MAX_...)."""
@@ -140,8 +144,9 @@ def check_prompt(prompt: str | None) -> str:
 
 
 def check_edits(edits, chunks: int | None = None) -> list[tuple[int, int | None, str]]:
-    """Prompt edits as (first chunk, end chunk or None = to the end, prompt), in order and inside the video
-    (`chunks` long, when known)."""
+    """Prompt edits as (first chunk, end chunk or None = to the end, prompt), each in order. With the video's
+    length in `chunks`, an edit that starts after its end is left out with a warning (the reference never
+    reaches it)."""
     checked = []
     for number, edit in enumerate(edits, 1):
         try:
@@ -152,6 +157,8 @@ def check_edits(edits, chunks: int | None = None) -> list[tuple[int, int | None,
         if first < 0 or (end is not None and end <= first):
             raise LiveActInputError(f"edit {number}: chunks {first} to {end} are out of order.")
         if chunks is not None and first >= chunks:
-            raise LiveActInputError(f"edit {number} starts at chunk {first}, after the video ends (chunk {chunks - 1}).")
+            warnings.warn(f"edit {number} starts at chunk {first}, after the video ends (chunk {chunks - 1}): "
+                          "it is left out.", LiveActInputWarning, stacklevel=2)
+            continue
         checked.append((first, end, check_prompt(prompt)))
     return checked

@@ -15,6 +15,7 @@ autoencoder's streaming decoder turns each chunk into frames.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, load_audio
+from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, decode_audio, featurize, save_wav
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
 from .hub import PRESETS, Components, LiveActError, check_gpu, config_18b, load_transformer, parse_size, resolve
@@ -102,39 +103,51 @@ class LiveActPipeline:
 
     def generate(self, image, audio: str | Path, out: str | Path, prompt: str = "", seed: int = 42,
                  edits: Sequence[tuple[int, int | None, str]] = (), progress: bool = True,
-                 max_audio_seconds: float | None = None) -> Path:
-        """Whole file in, mp4 with the input audio out (frames written as they are decoded). Speech longer than
-        `max_audio_seconds` (default: LIVEACT_MAX_AUDIO_SECONDS, else 300 s) is refused."""
+                 max_audio_seconds: float | None = None, stream_audio: bool = False) -> Path:
+        """Whole file in, mp4 with the speech out (frames written as they are decoded). Speech longer than
+        `max_audio_seconds` (default: LIVEACT_MAX_AUDIO_SECONDS, else 300 s) is refused. `stream_audio`: featurize
+        each chunk's window from its own samples as a live session does (the reference's --steam_audio), not the
+        whole recording at once. Edits that start after the video ends are left out with a warning."""
         from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
         from tqdm.auto import tqdm
 
         limit = Limits.from_env().max_audio_seconds if max_audio_seconds is None else max_audio_seconds
-        samples = load_audio(audio, max_seconds=limit)
-        features = featurize(self.featurizer, samples, 16000, self.fps)  # [frames, layers, channels]
-        total_frames = features.shape[0]
+        samples, rate = decode_audio(audio, max_seconds=limit)
+        total_frames = int(len(samples) / rate * self.fps)  # the video lasts as long as the speech
         live = self.start(image, prompt, seed, edits)
         chunks = live.session.chunks_for(total_frames)
-        check_edits(edits, chunks)
-        if self.parallel is not None and self.parallel.rank != 0:  # helpers denoise; rank 0 decodes and writes
-            for _ in live.session.stream(features, num_chunks=chunks):
+        check_edits(edits, chunks)  # warns about edits past the end: the session never reaches them
+        helper = self.parallel is not None and self.parallel.rank != 0  # helpers denoise; rank 0 decodes and writes
+        if stream_audio:
+            live.feed(samples, rate)
+            live.finish()
+            made = (live.next_chunk(decode=not helper) for _ in range(chunks))
+        else:
+            features = featurize(self.featurizer, samples, rate, self.fps)  # [frames, layers, channels]
+            made = (live.session.stream(features, num_chunks=chunks) if helper
+                    else live.chunks_from_features(features, chunks))
+        if helper:
+            for _ in made:
                 pass
             return Path(out)
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         height, width = self.size
-        writer = FFMPEG_VideoWriter(str(out), (width, height), self.fps, codec="libx264", audiofile=str(audio),
-                                    audio_codec="aac", preset="veryfast", pixel_format="yuv420p")
-        try:
-            bar = tqdm(total=chunks, unit="chunk", desc=f"{self.name} {total_frames / self.fps:.1f}s",
-                       disable=not progress)
-            for chunk in live.chunks_from_features(features, chunks):
-                for frame in chunk.frames[:max(0, total_frames - chunk.first_frame)]:
-                    writer.write_frame(frame)
-                bar.update(1)
-                bar.set_postfix(ms=f"{chunk.seconds * 1000:.0f}", mem=f"{chunk.memory_bytes / 2**20:.1f}MiB")
-            bar.close()
-        finally:
-            writer.close()
+        with tempfile.TemporaryDirectory(prefix="liveact-") as folder:
+            speech = save_wav(Path(folder) / "speech.wav", samples, rate)  # not `audio`: it may hold a video track too
+            writer = FFMPEG_VideoWriter(str(out), (width, height), self.fps, codec="libx264", audiofile=str(speech),
+                                        audio_codec="aac", preset="veryfast", pixel_format="yuv420p")
+            try:
+                bar = tqdm(total=chunks, unit="chunk", desc=f"{self.name} {total_frames / self.fps:.1f}s",
+                           disable=not progress)
+                for chunk in made:
+                    for frame in chunk.frames[:max(0, total_frames - chunk.first_frame)]:
+                        writer.write_frame(frame)
+                    bar.update(1)
+                    bar.set_postfix(ms=f"{chunk.seconds * 1000:.0f}", mem=f"{chunk.memory_bytes / 2**20:.1f}MiB")
+                bar.close()
+            finally:
+                writer.close()
         return out
 
 

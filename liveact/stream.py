@@ -47,7 +47,8 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class PromptEdit:
-    """Use `text` (text-encoder tokens [B, L, text_dim]) for chunks start_chunk <= k < end_chunk."""
+    """Use `text` (text-encoder tokens [B, L, text_dim]) for chunks start_chunk <= k < end_chunk (None: to the end);
+    where edits overlap, the first one given wins, as in the reference."""
 
     start_chunk: int
     end_chunk: int | None
@@ -127,7 +128,7 @@ class StreamingSession:
         config: window layout, sampler, memory options, audio guidance.
         generator: seeds the noise, for reproducible streams.
         noise: draws a noise tensor of a given shape (defaults to torch.randn with `generator`).
-        edits: prompt switches by chunk range.
+        edits: prompt switches by chunk range (the first matching one wins).
         on_step: called as on_step(chunk, step, latents_in, velocity) after every denoising step.
         parallel: sequence parallelism across ranks (each rank runs the same session).
     """
@@ -265,7 +266,7 @@ class StreamingSession:
         return self._null_tokens
 
     def _context(self, chunk: int) -> torch.Tensor:
-        for start, end, context in reversed(self.edits):
+        for start, end, context in self.edits:
             if start <= chunk and (end is None or chunk < end):
                 return context
         return self.context

@@ -9,8 +9,8 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from conftest import example
 from liveact.inputs import LiveActInputError
-from liveact.audio import (MelFeatures, StreamingFeatures, Wav2Vec2Features, featurize, frames_in,
-                           load_audio, prepare_speech)
+from liveact.audio import (MelFeatures, StreamingFeatures, Wav2Vec2Features, as_mono, decode_audio, featurize,
+                           frames_in, load_audio, prepare_speech)
 from liveact.stream import audio_window
 
 RATE = 16000
@@ -23,7 +23,7 @@ def tone(seconds: float, hz: float = 220.0, rate: int = RATE) -> np.ndarray:
 
 def pitch(samples: np.ndarray, rate: int = RATE) -> float:
     """Frequency of a pure tone from its zero crossings."""
-    return np.sum(np.diff(np.sign(samples)) != 0) / (len(samples) / rate) / 2
+    return np.sum(np.diff(samples >= 0) != 0) / (len(samples) / rate) / 2  # an exact 0 is no crossing
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,19 @@ def test_load_any_common_format_to_mono_16k(tone_files, ext):
     assert abs(pitch(samples[RATE // 2:-RATE // 2]) - 440) < 5
 
 
+def test_channel_0_is_taken_at_the_files_own_rate(tmp_path):
+    """As the reference reads speech: channel 0, not a downmix; the file's own rate until the tempo is changed."""
+    stereo = tmp_path / "stereo.wav"  # left 220 Hz, right 660 Hz
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=220:sample_rate=44100:duration=2",
+                    "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=44100:duration=2",
+                    "-filter_complex", "[0][1]amerge=inputs=2", str(stereo)], check=True)
+    samples, rate = decode_audio(stereo)
+    assert rate == 44100 and len(samples) == 2 * 44100 and abs(pitch(samples, rate) - 220) < 2
+    assert abs(pitch(load_audio(stereo)) - 220) < 2
+    microphone = (np.stack([tone(1.0, 220, 48000), tone(1.0, 660, 48000)], axis=1) * 32767).astype(np.int16)
+    assert abs(pitch(as_mono(microphone, 48000)) - 220) < 2  # [samples, channels] arrays too
+
+
 def test_unusable_audio_is_a_clear_error(tmp_path):
     with pytest.raises(LiveActInputError, match="not found"):
         load_audio(tmp_path / "missing.wav")
@@ -71,6 +84,8 @@ def test_reference_preprocessing_stretches_tempo_keeps_pitch_and_applies_gain():
     # one feature frame per video frame: 4 s at 20 fps = 80 frames
     assert frames_in(speech) == 80
     assert len(prepare_speech(tone(1.0, rate=48000), 48000, fps=25)) == RATE
+    at_48k = prepare_speech(tone(4.0, rate=48000), 48000, fps=20)  # the tempo at 48 kHz, then 16 kHz
+    assert abs(len(at_48k) / RATE - 4.0 / 1.25) < 0.02 and abs(pitch(at_48k) - 220) < 3
 
 
 def tiny_wav2vec2():
@@ -121,6 +136,19 @@ def test_streaming_features_equal_featurizing_each_window_alone():
         stream.window(0)
 
 
+def test_streaming_features_keep_the_first_pushs_rate():
+    """The tempo of each window then runs at the speech's own rate, as the whole-file path's does."""
+    mel = MelFeatures(n_mels=8)
+    samples = (np.random.default_rng(2).standard_normal((48000 * 4, 2)) * 3000).astype(np.int16)  # 4 s stereo
+    stream = StreamingFeatures(mel, fps=20)
+    for piece in np.array_split(samples, 8):
+        stream.push(piece, sample_rate=48000)
+    assert stream.sample_rate == 48000 and stream.received_frames == 80
+    assert np.array_equal(stream._buffer, as_mono(samples, 48000, 48000))  # channel 0, not resampled
+    alone = featurize(mel, stream._buffer[:round((53 + 2) / 20 * 48000)], 48000, 20)
+    assert torch.equal(stream.window(0), audio_window(alone[None], 0, 53, 5))
+
+
 def test_real_speech_file():
     samples = load_audio(example("speech-1.wav"))
     assert abs(len(samples) / RATE - 37.76) < 0.01
@@ -142,3 +170,14 @@ def test_streaming_features_featurize_a_shared_window_once():
     assert second is first and len(calls) == 1
     stream.window(32)
     assert len(calls) == 2
+
+
+def test_audio_compare_aligns_waveforms_and_downmixes_as_liveact_did():
+    """The measuring tools of docs/AUDIO.md: a shifted copy is found and correlates fully; the old downmix."""
+    from liveact.audio_compare import aligned_correlation, downmix
+
+    speech = load_audio(example("speech-1.wav"))[:RATE * 3]
+    shifted = np.concatenate([np.zeros(50, np.float32), speech])
+    assert aligned_correlation(speech, shifted) == pytest.approx((50 / RATE * 1000, 1.0))
+    both = downmix(np.stack([tone(1.0), tone(1.0)]), RATE)
+    assert len(both) == RATE and abs(np.abs(both).max() / 0.5 - np.sqrt(2)) < 1e-3  # power-preserving: +3 dB

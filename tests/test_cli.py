@@ -8,6 +8,8 @@ import subprocess
 import pytest
 
 from conftest import example, run_liveact
+from liveact.__main__ import parse_edits
+from liveact.synthetic import portrait
 
 
 def probe(path) -> dict:
@@ -45,6 +47,31 @@ def test_reference_example_json_with_edit_prompts(tmp_path, random_model_dir):
     info = probe(tmp_path / "videos" / "portrait-2_speech-1.mp4")
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
     assert (video["width"], video["height"]) == (48, 32)
+
+
+def test_edit_ranges_are_inclusive_and_kept_in_order():
+    """The reference's {"[a, b]": prompt} covers chunks a..b; where ranges overlap the first given wins, so the
+    order is kept. Internally an edit is (first chunk, end chunk exclusive, prompt)."""
+    assert parse_edits({"[2, 5]": "smile", "[0, 3]": "frown", "[4, 4]": "wink"}) == [
+        (2, 6, "smile"), (0, 4, "frown"), (4, 5, "wink")]
+
+
+@pytest.mark.parametrize("options", [[], ["--stream-audio"]], ids=["whole", "stream-audio"])
+def test_speech_from_a_video_file(tmp_path, options):
+    """An mp4 with a video track and an AAC track as --audio: the decoded speech is muxed, not the given file (whose
+    larger video track ffmpeg would otherwise pick, closing the pipe of ours). Also with --stream-audio."""
+    movie, face, out = tmp_path / "speech.mp4", tmp_path / "portrait.png", tmp_path / "talk.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=256x256:rate=10", "-f", "lavfi",
+                    "-i", "sine=frequency=300:sample_rate=16000", "-t", "2", "-c:v", "libx264", "-c:a", "aac",
+                    str(movie)], check=True)
+    portrait(1).save(face)
+    result = generate("--image", str(face), "--audio", str(movie), "--out", str(out), *options)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    info = probe(out)
+    assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
+    video = next(s for s in info["streams"] if s["codec_type"] == "video")
+    assert (video["width"], video["height"], int(video["nb_frames"])) == (128, 128, 40)  # ours: 2 s at 20 fps
+    assert abs(float(info["format"]["duration"]) - 2.0) < 0.1
 
 
 @pytest.mark.parametrize("args, message", [

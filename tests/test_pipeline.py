@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import example, make_tiny_model, stream_latents
-from liveact.audio import load_audio
+import liveact.pipeline
+from conftest import example, make_tiny_model, stream_latents, video_frames
+from liveact.audio import decode_audio, featurize, load_audio, save_wav
+from liveact.stream import audio_window
 from liveact.hub import LiveActError
 from liveact.hub import parse_size
 from liveact.pipeline import load
@@ -33,6 +35,49 @@ def test_live_session_yields_chunks_as_speech_arrives(pipe):
     assert chunks[0].frames.dtype == np.uint8 and [c.first_frame for c in chunks] == [0, 21, 53, 85]
     assert len({c.memory_bytes for c in chunks}) == 1
     assert list(session.chunks()) == []  # done
+
+
+def test_generate_featurizes_channel_0_at_the_files_own_rate(pipe, tmp_path, monkeypatch):
+    """The reference's order: channel 0 of the file at its own rate goes to the tempo change, then to 16 kHz."""
+    import wave
+
+    t = np.arange(44100 * 2) / 44100
+    left, right = 0.3 * np.sin(2 * np.pi * 220 * t), 0.3 * np.sin(2 * np.pi * 660 * t)
+    with wave.open(str(tmp_path / "stereo.wav"), "wb") as out:
+        out.setnchannels(2), out.setsampwidth(2), out.setframerate(44100)
+        out.writeframes((np.stack([left, right], axis=1) * 32767).astype("<i2").tobytes())
+    seen = []
+    monkeypatch.setattr(liveact.pipeline, "featurize", lambda *args: seen.append(args) or featurize(*args))
+    pipe.generate(example("portrait-1.png"), tmp_path / "stereo.wav", tmp_path / "out.mp4", progress=False)
+    _, samples, rate, fps = seen[0]
+    assert rate == 44100 and fps == 20 and np.abs(samples - left).max() < 1e-4
+
+
+def test_stream_audio_makes_the_same_video_from_features_of_each_window(tiny_pipeline, tmp_path):
+    """--stream-audio: each chunk's window featurized from its own samples (the reference's streaming mode). The
+    video has the same frames; the features differ a little, at the windows' edges and where atempo starts."""
+    speech = save_wav(tmp_path / "speech.wav", load_audio(example("speech-1.wav"))[:16000 * 5])  # 100 frames
+    face = example("portrait-1.png")
+    whole = video_frames(tiny_pipeline.generate(face, speech, tmp_path / "whole.mp4", progress=False))
+    streamed = video_frames(tiny_pipeline.generate(face, speech, tmp_path / "streamed.mp4", progress=False,
+                                                   stream_audio=True))
+    assert whole.shape == streamed.shape == (100, 128, 128, 3)
+    samples, rate = decode_audio(speech)
+    features = featurize(tiny_pipeline.featurizer, samples, rate, tiny_pipeline.fps)[None]
+    live = tiny_pipeline.start(face)
+    live.feed(samples, rate)
+    live.finish()
+    starts = sorted({live.session.audio_window_start(k) for k in range(live.session.chunks_for(100))})
+    relative = lambda a, b: round(float((a - b).abs().mean() / b.abs().mean()), 3)  # noqa: E731
+    differences, yardsticks = [], []
+    for start in starts:  # in the chunks' order, so each window's audio is still there
+        alone, cut = live.features.window(start), audio_window(features, start, 53, live.features.context)
+        differences.append(relative(alone, cut))
+        yardsticks.append(relative(audio_window(features, start + 1, 53, live.features.context), cut))
+    pixels = np.abs(whole.astype(int) - streamed.astype(int)).mean()
+    assert all(0 < d < y for d, y in zip(differences, yardsticks)), (
+        f"mean |window alone - window cut from the whole| / mean |cut|: {differences}, less than the same for "
+        f"the cut one frame later: {yardsticks}; mean abs difference of the videos' pixels: {pixels:.2f} of 255")
 
 
 def test_sizes_of_the_reference():

@@ -82,6 +82,18 @@ def test_prompt_edits_apply_to_their_chunk_range():
     assert not torch.allclose(base[2], edited[2]), "the edited chunk follows the new prompt"
 
 
+def test_overlapping_prompt_edits_the_first_wins():
+    """As the reference: for each chunk the first edit whose range holds it, in the order given."""
+    model = make_tiny_model()
+    g = torch.Generator().manual_seed(9)
+    smile, frown = (torch.randn(1, 4, model.config.text_dim, generator=g) for _ in range(2))
+    first_only = run(model, 5, chunks=4, edits=[PromptEdit(1, 4, smile)])
+    overlapping = run(model, 5, chunks=4, edits=[PromptEdit(1, 4, smile), PromptEdit(2, 3, frown)])
+    assert all(torch.equal(a, b) for a, b in zip(first_only, overlapping)), "the later, overlapping edit is unused"
+    inner_first = run(model, 5, chunks=4, edits=[PromptEdit(2, 3, frown), PromptEdit(1, 4, smile)])
+    assert torch.equal(first_only[1], inner_first[1]) and not torch.allclose(first_only[2], inner_first[2])
+
+
 def test_wrong_y_is_a_clear_error():
     model = make_tiny_model()
     y, image, text, _ = make_conditioning(model, window=6)
