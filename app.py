@@ -1,4 +1,4 @@
-"""liveact's web demo: `python app.py [--host H] [--port P] [--model M]` (LIVEACT_MODEL works too).
+"""liveact's web demo: `python app.py [--host H] [--port P] [--model M] [--wav2vec W]` (LIVEACT_MODEL, LIVEACT_WAV2VEC work too).
 
 The app lives in `liveact/app.py`; this file is what `make demo` and a Hugging Face Space run.
 """

@@ -95,7 +95,8 @@ def generate(args) -> int:
             read_portrait(job["image"])
             decode_audio(job["audio"], max_seconds=limit)
             check_prompt(job["prompt"])
-        pipe = load(args.model, device=args.device, dtype=dtype, size=args.size, fps=args.fps, options=options)
+        pipe = load(args.model, device=args.device, dtype=dtype, size=args.size, fps=args.fps, options=options,
+                    wav2vec=args.wav2vec)
         rank0 = pipe.parallel is None or pipe.parallel.rank == 0
         for job in jobs:
             with warnings.catch_warnings():
@@ -124,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
     gen.add_argument("--edit-json", help='prompt edits by chunk range: {"[2, 5]": "the person smiles"}')
     gen.add_argument("--input-json", help="the reference's example format: a list of {prompt, cond_image, cond_audio, edit_prompt}")
-    gen.add_argument("--model", default="tiny", help="preset (tiny, liveact-18b) or model folder")
+    gen.add_argument("--model", default="tiny",
+                     help="preset (tiny, liveact-18b) or model folder: the released LiveAct folder (the reference's --ckpt_dir)")
+    gen.add_argument("--wav2vec", help="wav2vec2 folder (the reference's --wav2vec_dir; default: chinese-wav2vec2-base "
+                                       "beside the model folder)")
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--max-audio-seconds", type=float,
                      help="refuse longer speech (default: LIVEACT_MAX_AUDIO_SECONDS, else 300)")
@@ -195,11 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("speech", nargs="+", help="speech recordings (the first also makes the stereo case)")
     compare.add_argument("--fps", type=float, default=20.0, help="video frames per second (tempo 25/fps)")
     compare.add_argument("--no-wav2vec2", action="store_true", help="log-mel features only")
+    differences = commands.add_parser("reference-differences", help="the reference's overlap VAE decode and 2-GPU "
+                                      "memory fold against ours, measured (docs/RELEASE.md; needs ../shared/fixtures)")
+    differences.add_argument("--size", type=int, default=64, help="video side of the VAE measurement")
+    differences.add_argument("--chunks", type=int, default=4, help="chunks of the VAE measurement")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     _quiet_libraries()
     return {"generate": generate, "train": train_command, "eval": eval_command, "bench": bench_command,
-            "soak": soak_command, "world": world_command, "audio-compare": audio_compare_command}[args.command](args)
+            "soak": soak_command, "world": world_command, "audio-compare": audio_compare_command,
+            "reference-differences": reference_differences_command}[args.command](args)
 
 
 def train_command(args) -> int:
@@ -319,6 +328,13 @@ def audio_compare_command(args) -> int:
     print("python -m liveact " + " ".join(args.argv))
     print(markdown(rows))
     return 0
+
+
+def reference_differences_command(args) -> int:
+    from .reference_differences import main
+
+    print("python -m liveact " + " ".join(args.argv))
+    return main(args.size, args.chunks)
 
 
 def _quiet_libraries() -> None:

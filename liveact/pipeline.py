@@ -28,6 +28,7 @@ from PIL import Image
 from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, decode_audio, featurize, save_wav
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
+from . import release
 from .hub import PRESETS, Components, LiveActError, check_gpu, config_18b, load_transformer, parse_size, resolve
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
@@ -65,13 +66,22 @@ def _load_vae(folder: Path, device, dtype) -> VideoAutoencoder:
     return WanVAE.from_pretrained(folder, device=device, dtype=dtype)
 
 
+def _load_parts(parts: Components, device, text_device, dtype, text_len: int) -> tuple[VideoAutoencoder, ImageEncoder, TextEncoder]:
+    """The autoencoder and the image and text encoders of a folder of part folders."""
+    return (_load_vae(parts["vae"], device, dtype),
+            ImageEncoder.from_pretrained(parts["image_encoder"], parts.paths.get("image_processor"), device=device, dtype=dtype),
+            TextEncoder.from_pretrained(parts["text_encoder"], parts["tokenizer"], max_length=text_len, device=text_device, dtype=dtype))
+
+
 class LiveActPipeline:
     def __init__(self, transformer: LiveActTransformer, vae: VideoAutoencoder, image_encoder, text_encoder,
                  featurizer: AudioFeaturizer, *, fps: float = 20, size: tuple[int, int] = (512, 512),
-                 options: Options | None = None, parallel: SequenceParallel | None = None, name: str = "liveact"):
+                 options: Options | None = None, parallel: SequenceParallel | None = None, name: str = "liveact",
+                 released: bool = False):
         self.transformer, self.vae = transformer, vae
         self.image_encoder, self.text_encoder, self.featurizer = image_encoder, text_encoder, featurizer
         self.fps, self.size, self.options, self.parallel, self.name = fps, size, options or Options(), parallel, name
+        self.released = released  # the released LiveAct model: it runs at any of the reference's sizes
         cfg = transformer.config
         if (featurizer.layers, featurizer.channels) != (cfg.audio_layers, cfg.audio_channels):
             raise LiveActError(f"the audio featurizer gives {featurizer.layers}x{featurizer.channels} features and "
@@ -226,8 +236,10 @@ def estimate_gpu_bytes(config: dict, size: tuple[int, int], options: Options, wo
 
 
 def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None,
-         size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None) -> LiveActPipeline:
-    """Load a preset or a model folder into a pipeline; errors are one actionable sentence (LiveActError)."""
+         size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None,
+         wav2vec: str | Path | None = None) -> LiveActPipeline:
+    """Load a preset or a model folder (the released LiveAct folder, or part folders) into a pipeline; `wav2vec`
+    is the wav2vec2 folder (the reference's --wav2vec_dir). Errors are one actionable sentence (LiveActError)."""
     preset = PRESETS.get(str(model))
     options = options or Options()
     if device is not None:
@@ -242,14 +254,14 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     if parallel is not None and torch.device(options.device).type == "cuda":
         options = replace(options, device=f"cuda:{parallel.rank}")
 
-    settings = dict(preset.settings) if preset is not None else {}
+    settings = dict(release.SETTINGS) if preset is not None and preset.repo else {}
     height, width = parse_size(size) if size is not None else tuple(settings.get("size", (512, 512)))
     if preset is not None and preset.needs_gpu:  # fail before downloading 40 GB onto a machine that cannot run it
         config = config_18b()
         check_gpu(options.device, estimate_gpu_bytes(config, (height, width), options, parallel.world if parallel else 1),
                   preset.name, "add --fp8-memory, --offload-memory or --block-offload, or use two GPUs "
                   "(torchrun --nproc-per-node 2 -m liveact generate ...).")
-    components = resolve(model)
+    components = resolve(model, wav2vec)
     settings.update(components.settings)
     options = replace(options, stream=_as_trained(options.stream, settings))
     if size is None and "size" in components.settings:
@@ -276,13 +288,11 @@ def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, 
     if options.compile:
         transformer.compile_blocks()
     text_device = "cpu" if options.text_encoder_on_cpu else device
-    text_encoder = TextEncoder.from_pretrained(parts["text_encoder"], parts["tokenizer"],
-                                               max_length=transformer.config.text_len, device=text_device, dtype=dtype)
-    image_encoder = ImageEncoder.from_pretrained(parts["image_encoder"], parts["image_processor"], device=device, dtype=dtype)
-    vae = _load_vae(parts["vae"], device, dtype)
+    read_parts = release.load_parts if parts.released else _load_parts
+    vae, image_encoder, text_encoder = read_parts(parts, device, text_device, dtype, transformer.config.text_len)
     if parts.settings.get("featurizer", "wav2vec2") == "mel":
         featurizer = MelFeatures(n_mels=transformer.config.audio_channels)
     else:
         featurizer = Wav2Vec2Features.from_pretrained(parts["audio_encoder"], device=device, dtype=dtype)
     return LiveActPipeline(transformer, vae, image_encoder, text_encoder, featurizer,
-                           fps=fps, size=size, options=options, parallel=parallel, name=parts.name)
+                           fps=fps, size=size, options=options, parallel=parallel, name=parts.name, released=parts.released)
