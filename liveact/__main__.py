@@ -69,17 +69,12 @@ def _jobs(args) -> list[dict]:
     return [dict(image=Path(args.image), audio=Path(args.audio), prompt=args.prompt, edits=edits, out=Path(args.out))]
 
 
-def _warning_line(message, *_) -> None:
-    """A warning as one line on stderr, as errors are printed."""
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def generate(args) -> int:
     import torch
 
     from .audio import decode_audio
     from .hub import LiveActError
-    from .inputs import Limits, LiveActInputError, check_prompt, read_portrait
+    from .inputs import Limits, LiveActInputError, LiveActInputWarning, check_prompt, read_portrait
     from .pipeline import Options, load
     from .stream import StreamConfig
 
@@ -99,12 +94,13 @@ def generate(args) -> int:
                     wav2vec=args.wav2vec)
         rank0 = pipe.parallel is None or pipe.parallel.rank == 0
         for job in jobs:
-            with warnings.catch_warnings():
-                warnings.showwarning = _warning_line
+            with warnings.catch_warnings(record=True, action="always", category=LiveActInputWarning) as warned:
                 out = pipe.generate(job["image"], job["audio"], job["out"], prompt=job["prompt"], seed=args.seed,
                                     edits=job["edits"], progress=rank0, max_audio_seconds=limit,
                                     stream_audio=args.stream_audio)
-            if rank0:
+            if rank0:  # our warnings as one line each, as errors are printed; once, not on every rank
+                for warning in (w for w in warned if issubclass(w.category, LiveActInputWarning)):
+                    print(f"warning: {warning.message}", file=sys.stderr)
                 print(out)
     except (LiveActError, LiveActInputError) as error:
         print(f"error: {error}", file=sys.stderr)

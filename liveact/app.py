@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, load_audio, save_wav
-from .hub import PRESETS, LiveActError
+from .hub import LiveActError
 from .inputs import Limits, LiveActInputError, check_speech_length, read_portrait
-from .pipeline import LiveActPipeline, load
+from .pipeline import LiveActPipeline, is_released, load
 from .serve import Broadcast, log_heap, parse_edits, release_free_memory
 from .synthetic import portrait as synthetic_portrait, speech
 from .tts import speak
@@ -324,9 +324,8 @@ def default_threads() -> int:
 
 
 def default_workers(model: str) -> int:
-    """Every GPU for an 18B preset (the chunk's frames split across them); one process otherwise."""
-    needs_gpu = model in PRESETS and PRESETS[model].needs_gpu
-    return torch.cuda.device_count() if needs_gpu and torch.cuda.device_count() > 1 else 1
+    """Every GPU for the released 18B model (the chunk's frames split across them); one process otherwise."""
+    return torch.cuda.device_count() if is_released(model) and torch.cuda.device_count() > 1 else 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,8 +339,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="tiny (default, CPU), liveact-18b (GPUs), or a model folder (the released LiveAct folder)")
     parser.add_argument("--wav2vec", default=os.environ.get("LIVEACT_WAV2VEC"),
                         help="the wav2vec2 folder for a released model folder (default: chinese-wav2vec2-base beside it)")
+    parser.add_argument("--device", default=os.environ.get("LIVEACT_DEVICE"),
+                        help="cpu, cuda (default: cuda for the released 18B model, else cpu)")
     parser.add_argument("--size", default=os.environ.get("LIVEACT_SIZE"),
-                        help="WIDTH*HEIGHT the released model starts at (default: 416*720, its first choice on the page)")
+                        help="WIDTH*HEIGHT the model starts at, offered first on the page (default: the model's own, 416*720 for the released model)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="CPU threads for the model (default: all cores but one, left to encoding and the browser)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("LIVEACT_WORKERS", 0)) or None,
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     workers = args.workers or default_workers(args.model)
-    studio = Studio(args.model, workers=workers, wav2vec=args.wav2vec, size=args.size)
+    studio = Studio(args.model, workers=workers, wav2vec=args.wav2vec, size=args.size, device=args.device)
     examples = Path(tempfile.gettempdir()) / "liveact-examples"
     demo = build(studio, examples)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(examples)],

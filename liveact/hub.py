@@ -89,13 +89,21 @@ def resolve(model: str | Path | Preset, wav2vec: str | Path | None = None) -> Co
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     located = {part: folder / part for part in PARTS} | {part: folder / path for part, path in settings.pop("parts", {}).items()}
     if wav2vec:
-        located["audio_encoder"] = Path(wav2vec)
+        located["audio_encoder"] = wav2vec_folder(wav2vec)
     paths = {part: path for part, path in located.items() if path.is_dir()}
     missing = [part for part in REQUIRED_PARTS if part not in paths]
     if missing:
         raise LiveActError(f"model folder {folder} lacks {', '.join(missing)}: it needs one of the layouts described in "
                            f"liveact/hub.py (the released LiveAct folder, or part folders).")
     return Components(preset.name if preset else folder.name, paths, settings)
+
+
+def wav2vec_folder(path: str | Path) -> Path:
+    """A wav2vec2 folder in Hugging Face format (--wav2vec), refused in one sentence when it is not one."""
+    if not (Path(path) / "config.json").is_file():
+        raise LiveActError(f"--wav2vec {path} is not a wav2vec2 folder (no config.json in it): give the "
+                           f"chinese-wav2vec2-base folder, in Hugging Face format.")
+    return Path(path)
 
 
 def download(repo: str, preset: str, allow_patterns: Sequence[str] | None = None) -> Path:

@@ -29,7 +29,8 @@ from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Feat
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
 from . import release
-from .hub import PRESETS, Components, LiveActError, check_gpu, config_18b, load_transformer, parse_size, resolve
+from .hub import (PRESETS, Components, LiveActError, check_gpu, config_18b, load_transformer, parse_size, resolve,
+                  transformer_config)
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
 from .stream import PromptEdit, StreamConfig, StreamingSession
@@ -241,10 +242,11 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     """Load a preset or a model folder (the released LiveAct folder, or part folders) into a pipeline; `wav2vec`
     is the wav2vec2 folder (the reference's --wav2vec_dir). Errors are one actionable sentence (LiveActError)."""
     preset = PRESETS.get(str(model))
+    released = is_released(model)
     options = options or Options()
     if device is not None:
         options = replace(options, device=device)
-    elif preset is not None and preset.needs_gpu:
+    elif released:
         options = replace(options, device="cuda")
     if dtype is not None:
         options = replace(options, dtype=dtype)
@@ -254,19 +256,26 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     if parallel is not None and torch.device(options.device).type == "cuda":
         options = replace(options, device=f"cuda:{parallel.rank}")
 
-    settings = dict(release.SETTINGS) if preset is not None and preset.repo else {}
+    settings = dict(release.SETTINGS) if released else {}
     height, width = parse_size(size) if size is not None else tuple(settings.get("size", (512, 512)))
-    if preset is not None and preset.needs_gpu:  # fail before downloading 40 GB onto a machine that cannot run it
-        config = config_18b()
+    if released:  # fail before downloading or reading 40 GB on a machine that cannot run it
+        config = config_18b() if preset is not None else transformer_config(Path(model))
         check_gpu(options.device, estimate_gpu_bytes(config, (height, width), options, parallel.world if parallel else 1),
-                  preset.name, "add --fp8-memory, --offload-memory or --block-offload, or use two GPUs "
-                  "(torchrun --nproc-per-node 2 -m liveact generate ...).")
+                  preset.name if preset else str(model), "add --fp8-memory, --offload-memory or --block-offload, or "
+                  "use two GPUs (torchrun --nproc-per-node 2 -m liveact generate ...).")
     components = resolve(model, wav2vec)
     settings.update(components.settings)
     options = replace(options, stream=_as_trained(options.stream, settings))
     if size is None and "size" in components.settings:
         height, width = components.settings["size"]
     return _assemble(components, options, fps or settings.get("fps", 20), (height, width), parallel)
+
+
+def is_released(model: str | Path) -> bool:
+    """The released LiveAct model, its preset or its folder: it runs on GPUs (a folder given with --device cpu
+    runs on the CPU, as the tests' tiny one does)."""
+    preset = PRESETS.get(str(model))
+    return preset.needs_gpu if preset is not None else Path(model).is_dir() and release.is_release(Path(model))
 
 
 def _as_trained(stream: StreamConfig, settings: dict) -> StreamConfig:

@@ -50,21 +50,23 @@ def is_release(folder: Path) -> bool:
 
 def components(folder: Path, wav2vec: Path | None = None, name: str | None = None) -> Components:
     """Where each part of a released folder is; one sentence naming the first file that is missing."""
+    from .hub import transformer_config, wav2vec_folder
+
     folder = Path(folder)
+    transformer_config(folder)  # another model's folder is named as such, not as a LiveAct folder missing files
     paths = {"transformer": folder, "vae": folder / VAE_FILE, "image_encoder": folder / CLIP_FILE,
              "text_encoder": folder / T5_FILE, "tokenizer": folder / T5_TOKENIZER}
     for path in paths.values():
         if not path.exists():
             raise LiveActError(f"the released LiveAct folder {folder} lacks {path.relative_to(folder)}: download it "
                                f"again with `hf download Soul-AILab/LiveAct --local-dir {folder}`.")
-    paths["audio_encoder"] = Path(wav2vec) if wav2vec else _find_wav2vec(folder)
+    paths["audio_encoder"] = wav2vec_folder(wav2vec) if wav2vec else _find_wav2vec(folder)
     return Components(name or folder.name, paths, dict(SETTINGS), released=True)
 
 
 def _find_wav2vec(folder: Path) -> Path:
-    for candidate in (folder.parent / WAV2VEC2_FOLDER, Path.cwd() / WAV2VEC2_FOLDER):
-        if (candidate / "config.json").exists():
-            return candidate
+    if (folder.parent / WAV2VEC2_FOLDER / "config.json").exists():
+        return folder.parent / WAV2VEC2_FOLDER
     raise LiveActError(f"no {WAV2VEC2_FOLDER} folder beside {folder}: download it with `hf download "
                        f"TencentGameMate/{WAV2VEC2_FOLDER} --local-dir {folder.parent / WAV2VEC2_FOLDER}`, or pass --wav2vec PATH.")
 
@@ -99,10 +101,12 @@ def _build(factory: Callable, converted: State, path: Path, device, dtype) -> to
     return model.eval()
 
 
-def _require(state: State, key: str, path: Path) -> torch.Tensor:
-    if key not in state:
-        raise LiveActError(f"{path} lacks the tensor {key}: it is not the file the released folder names so.")
-    return state[key]
+def _config(reader: Callable, state: State, path: Path, *args):
+    """A config read from a file's shapes; a file without the tensors it needs is one sentence naming it."""
+    try:
+        return reader(state, *args)
+    except (KeyError, IndexError) as error:
+        raise LiveActError(f"{path} lacks the tensor {error}: it is not the file the released folder names so.") from None
 
 
 def _indices(state: State, prefix: str) -> list[int]:
@@ -130,15 +134,15 @@ def load_parts(parts: Components, device, text_device, dtype, text_len: int):
 
 # -- Wan2.1_VAE.pth -> diffusers AutoencoderKLWan --------------------------------------------------------
 
-def vae_config(state: State, path: Path = Path(VAE_FILE)) -> dict:
+def vae_config(state: State) -> dict:
     """AutoencoderKLWan's config from the encoder's shapes (base width, stages, residual blocks, time strides)."""
-    base = _require(state, "encoder.conv1.weight", path).shape[0]
+    base = state["encoder.conv1.weight"].shape[0]
     blocks = _indices(state, "encoder.downsamples")
     resamples = [i for i in blocks if f"encoder.downsamples.{i}.resample.1.weight" in state]
     per_stage = resamples[0] if resamples else len(blocks)
     stage_starts = [0] + [i + 1 for i in resamples]
     dim_mult = [state[f"encoder.downsamples.{i}.residual.6.weight"].shape[0] // base for i in stage_starts]
-    return dict(base_dim=base, z_dim=_require(state, "conv2.weight", path).shape[0], dim_mult=dim_mult,
+    return dict(base_dim=base, z_dim=state["conv2.weight"].shape[0], dim_mult=dim_mult,
                 num_res_blocks=per_stage, attn_scales=[],
                 temperal_downsample=[f"encoder.downsamples.{i}.time_conv.weight" in state for i in resamples])
 
@@ -178,18 +182,18 @@ def load_vae(path: Path, device="cpu", dtype=torch.float32):
     from .vae import WanVAE
 
     state = read(path)
-    config = vae_config(state, path)
+    config = _config(vae_config, state, path)
     converted = dict(convert_vae(state, config["num_res_blocks"]))
     return WanVAE(_build(lambda: AutoencoderKLWan(**config), converted, path, device, dtype))
 
 
 # -- open-clip XLM-R ViT-H/14 -> transformers CLIPVisionModelWithProjection --------------------------------
 
-def clip_config(state: State, heads: int | None = None, path: Path = Path(CLIP_FILE)):
+def clip_config(state: State, heads: int | None = None):
     """The vision tower's config from its shapes; `heads` defaults to the released head width (80)."""
     from transformers import CLIPVisionConfig
 
-    width = _require(state, "visual.cls_embedding", path).shape[-1]
+    width = state["visual.cls_embedding"].shape[-1]
     patch = state["visual.patch_embedding.weight"].shape[-1]
     grid = round((state["visual.pos_embedding"].shape[1] - 1) ** 0.5)
     return CLIPVisionConfig(hidden_size=width, intermediate_size=state["visual.transformer.0.mlp.0.weight"].shape[0],
@@ -234,7 +238,7 @@ def load_clip(path: Path, device="cpu", dtype=torch.float32, heads: int | None =
     from transformers import CLIPVisionModelWithProjection
 
     state = read(path)
-    config = clip_config(state, heads, path)
+    config = _config(clip_config, state, path, heads)
     model = _build(lambda: CLIPVisionModelWithProjection(config), dict(convert_clip(state)), path, device, dtype)
     embeddings = model.vision_model.embeddings  # a non-persistent buffer: the meta build left it empty
     embeddings.register_buffer("position_ids", torch.arange(embeddings.num_positions, device=device)[None], persistent=False)
@@ -243,12 +247,12 @@ def load_clip(path: Path, device="cpu", dtype=torch.float32, heads: int | None =
 
 # -- umT5-XXL encoder -> transformers UMT5EncoderModel ---------------------------------------------------------
 
-def t5_config(state: State, path: Path = Path(T5_FILE)):
+def t5_config(state: State):
     """umT5's config from its shapes: the per-layer relative bias is [buckets, heads]."""
     from transformers import UMT5Config
 
-    vocab, dim = _require(state, "token_embedding.weight", path).shape
-    buckets, heads = _require(state, "blocks.0.pos_embedding.embedding.weight", path).shape
+    vocab, dim = state["token_embedding.weight"].shape
+    buckets, heads = state["blocks.0.pos_embedding.embedding.weight"].shape
     return UMT5Config(vocab_size=vocab, d_model=dim, d_kv=state["blocks.0.attn.q.weight"].shape[0] // heads,
                       d_ff=state["blocks.0.ffn.fc1.weight"].shape[0], num_layers=len(_indices(state, "blocks")),
                       num_heads=heads, relative_attention_num_buckets=buckets, relative_attention_max_distance=128,
@@ -283,5 +287,5 @@ def load_t5(path: Path, device="cpu", dtype=torch.float32):
     from transformers import UMT5EncoderModel
 
     state = read(path)
-    config = t5_config(state, path)
+    config = _config(t5_config, state, path)
     return _build(lambda: UMT5EncoderModel(config), dict(convert_t5(state)), path, device, dtype)

@@ -13,6 +13,7 @@ README.md (its front matter configures the Space), requirements.txt (CUDA torch)
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,16 @@ def storage_problems(tier: str, model: str) -> list[str]:
             f"{needed:.0f} GB with {HEADROOM - 1:.0%} headroom; the tier that fits is {fits}"]
 
 
+def requirement_names(requirements: Path) -> set[str]:
+    """The package names a requirements file installs (versions, options and comments left out)."""
+    names = set()
+    for line in requirements.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[<>=!~\[; ]", line)[0].lower().replace("_", "-"))
+    return names
+
+
 def validate(folder: Path, model: str = "liveact-18b") -> list[str]:
     """Everything that would make the Space fail to build or start, or run out of disk for `model`, as
     sentences (empty: all good)."""
@@ -98,6 +109,9 @@ def validate(folder: Path, model: str = "liveact-18b") -> list[str]:
                         f"({gradio.__version__})")
     if f"gradio=={meta.get('sdk_version')}" not in (folder / "requirements.txt").read_text():
         problems.append("requirements.txt does not pin gradio to the sdk_version")
+    missing = sorted(requirement_names(ROOT / "requirements.txt") - requirement_names(folder / "requirements.txt"))
+    if missing:
+        problems.append(f"the Space's requirements.txt lacks liveact's runtime requirements {', '.join(missing)}")
     if meta.get("suggested_hardware") not in {h.value for h in SpaceHardware}:
         problems.append(f"suggested_hardware {meta.get('suggested_hardware')!r} is not a Space hardware flavour")
     if "suggested_storage" in meta:

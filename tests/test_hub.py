@@ -65,8 +65,11 @@ def test_18b_preset_downloads_exactly_the_reference_readme_repositories(offline_
 
 
 def test_a_folder_of_part_folders_takes_another_wav2vec2(random_model_dir, tmp_path):
-    parts = resolve(random_model_dir, wav2vec=tmp_path)
-    assert not parts.released and parts["audio_encoder"] == tmp_path
+    elsewhere = shutil.copytree(random_model_dir / "audio_encoder", tmp_path / "wav2vec2")
+    parts = resolve(random_model_dir, wav2vec=elsewhere)
+    assert not parts.released and parts["audio_encoder"] == elsewhere
+    with pytest.raises(LiveActError, match="is not a wav2vec2 folder"):
+        resolve(random_model_dir, wav2vec=tmp_path / "nowhere")
 
 
 def test_missing_weights_are_one_actionable_sentence(offline_hub):

@@ -86,7 +86,7 @@ def test_the_released_folder_makes_an_mp4_with_sound_through_the_cli(release_fol
     out = tmp_path / "talk.mp4"
     image, audio = inputs
     result = run_liveact("generate", "--model", str(release_folder), "--wav2vec", str(release_folder.parent / release.WAV2VEC2_FOLDER),
-                         "--image", str(image), "--audio", str(audio), "--out", str(out), "--size", "64*64")
+                         "--image", str(image), "--audio", str(audio), "--out", str(out), "--size", "64*64", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "warning" not in result.stderr.lower()
     info = probe(out)
@@ -123,12 +123,28 @@ def test_a_broken_released_folder_is_one_sentence_naming_the_file(release_folder
         damage(folder, release_folder / removed)
     image, audio = inputs
     result = run_liveact("generate", "--model", str(folder), "--wav2vec", str(release_folder.parent / release.WAV2VEC2_FOLDER),
-                         "--image", str(image), "--audio", str(audio), "--out", str(tmp_path / "o.mp4"), "--size", "64*64")
+                         "--image", str(image), "--audio", str(audio), "--out", str(tmp_path / "o.mp4"), "--size", "64*64",
+                         "--device", "cpu")
+    assert_one_sentence(result, named)
+
+
+def assert_one_sentence(result: subprocess.CompletedProcess, named: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and named in lines[0], lines[0]
     print(lines[0])
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--device", "cpu", "--wav2vec", "nowhere"], "--wav2vec nowhere is not a wav2vec2 folder"),
+    (["--wav2vec", "nowhere"], "needs a CUDA GPU"),  # the released model runs on GPUs unless told otherwise
+])
+def test_a_released_folder_asked_wrongly_is_one_sentence(release_folder, inputs, tmp_path, extra, named):
+    image, audio = inputs
+    result = run_liveact("generate", "--model", str(release_folder), "--image", str(image), "--audio", str(audio),
+                         "--out", str(tmp_path / "o.mp4"), *extra, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert_one_sentence(result, named)
 
 
 def test_the_released_folder_streams_in_the_app(release_folder, tmp_path):
@@ -143,7 +159,7 @@ def test_the_released_folder_streams_in_the_app(release_folder, tmp_path):
     port = free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "TMPDIR": str(tmp_path)}
     server = subprocess.Popen([sys.executable, "app.py", "--model", str(release_folder), "--port", str(port),
-                               "--size", "64*64"],
+                               "--size", "64*64", "--device", "cpu"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

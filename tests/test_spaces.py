@@ -77,8 +77,11 @@ def test_a_broken_bundle_is_reported(tmp_path, hub):
     readme.write_text(readme.read_text().replace("suggested_hardware: rtx-pro-6000x2", "suggested_hardware: h100x9")
                       .replace("suggested_storage: medium", "suggested_storage: small"))
     (folder / "packages.txt").unlink()
+    requirements = folder / "requirements.txt"
+    requirements.write_text("".join(line for line in requirements.read_text().splitlines(True) if not line.startswith("ftfy")))
     problems = deploy.validate(folder)
     assert "packages.txt is missing" in problems
+    assert "the Space's requirements.txt lacks liveact's runtime requirements ftfy" in problems
     assert any("h100x9" in problem for problem in problems)
     assert any(problem.startswith("suggested_storage small (20 GB) is too small") for problem in problems)
 
