@@ -25,7 +25,7 @@ so HF_HOME, HF_HUB_OFFLINE, HF_TOKEN and HF_ENDPOINT behave as everywhere else.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 

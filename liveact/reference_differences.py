@@ -173,10 +173,9 @@ def _fold(memory: ConvKVMemory, filters, rule: str, records: list | None) -> Non
         memory._store(layer, lay.sink, *(two if rule == "two" else one))
 
 
-def replay(folder: Path, rule: str = "one", records: list | None = None, chunks: int | None = None) -> dict:
-    """Run liveact's stream on a recorded reference fixture with its recorded noise (as
-    tests/test_reference_parity.py does), folding the memory by `rule` (see `_fold`).
-    -> {"pred": {(chunk, step): velocity}, "final": {chunk: clean latents}, "recorded": fixture tensors}."""
+def fixture_session(folder: Path, chunks: int | None = None, on_step=None):
+    """A StreamingSession on a recorded reference fixture (format: shared/fixtures/README.md) that draws the
+    recorded noise in the order the reference drew it -> (session, meta, recorded tensors)."""
     from safetensors.torch import load_file
 
     from .stream import StreamConfig, StreamingSession
@@ -187,16 +186,24 @@ def replay(folder: Path, rule: str = "one", records: list | None = None, chunks:
     model.load_state_dict({k: v.float() for k, v in load_file(folder / "weights.safetensors").items()})
     rec = {k: v.float() for k, v in load_file(folder / "tensors.safetensors").items()}
     steps, chunks = len(meta["timesteps"]) - 1, chunks or meta["chunks"]
+    # the chunk's start, then one per re-noise
     noise = iter([rec[f"c{c}.s0.latent_in"] if s == 0 else rec[f"c{c}.s{s - 1}.renoise"]
                   for c in range(chunks) for s in range(steps)])
-    preds = {}
     config = StreamConfig(compression="mean" if meta["mean_memory"] else "conv", audio_guidance=meta["audio_cfg"])
     session = StreamingSession(model, rec["y"], rec["clip_fea"], rec["context"][None], config=config,
-                               noise=lambda shape: next(noise).reshape(shape),
-                               on_step=lambda c, s, x, v: preds.__setitem__((c, s), v[0].clone()))
+                               noise=lambda shape: next(noise).reshape(shape), on_step=on_step)
+    return session, meta, rec
+
+
+def replay(folder: Path, rule: str = "one", records: list | None = None, chunks: int | None = None) -> dict:
+    """Run liveact's stream on a recorded reference fixture with its recorded noise, folding the memory by
+    `rule` (see `_fold`).
+    -> {"pred": {(chunk, step): velocity}, "final": {chunk: clean latents}, "recorded": fixture tensors}."""
+    preds = {}
+    session, meta, rec = fixture_session(folder, chunks, on_step=lambda c, s, x, v: preds.__setitem__((c, s), v[0].clone()))
     for memory in session._distinct_memories:  # the fold is the only thing that changes
         memory.compress_and_shift = partial(_fold, memory, rule=rule, records=records)
-    finals = {chunk.index: chunk.latents[0] for chunk in session.stream(rec["audio_feat"], num_chunks=chunks)}
+    finals = {chunk.index: chunk.latents[0] for chunk in session.stream(rec["audio_feat"], num_chunks=chunks or meta["chunks"])}
     return dict(pred=preds, final=finals, recorded=rec)
 
 

@@ -10,17 +10,14 @@ Set LIVEACT_REFERENCE_FIXTURES (os.pathsep-separated folders) to replay other fi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import SHARED
-from liveact.stream import StreamConfig, StreamingSession
-from liveact.transformer import LiveActTransformer
+from liveact.reference_differences import fixture_session
 
 TOLERANCE = 1e-4
 
@@ -34,16 +31,6 @@ def fixture_dirs() -> list[Path]:
 
 def replay(folder: Path) -> dict[str, float]:
     """Run our stream on a fixture; return the max abs error of each recorded tensor kind."""
-    meta = json.loads((folder / "meta.json").read_text())
-    model = LiveActTransformer.from_config(meta["model_config"]).eval()
-    model.load_state_dict({k: v.float() for k, v in load_file(folder / "weights.safetensors").items()})
-    rec = {k: v.float() for k, v in load_file(folder / "tensors.safetensors").items()}
-
-    steps = len(meta["timesteps"]) - 1
-    assert meta["block_sizes_latent_frames"] == [6, 8], "fixture uses another window layout"
-    # the recorded noise in the order the session draws it: the chunk's start, then one per re-noise
-    noise = iter([rec[f"c{c}.s0.latent_in"] if s == 0 else rec[f"c{c}.s{s - 1}.renoise"]
-                  for c in range(meta["chunks"]) for s in range(steps)])
     errors = {"pred": 0.0, "latent_in": 0.0, "final": 0.0}
     calls = []
 
@@ -53,9 +40,9 @@ def replay(folder: Path) -> dict[str, float]:
                                   (latents[0] - rec[f"c{chunk}.s{step}.latent_in"]).abs().max().item())
         calls.append((chunk, step))
 
-    config = StreamConfig(compression="mean" if meta["mean_memory"] else "conv", audio_guidance=meta["audio_cfg"])
-    session = StreamingSession(model, rec["y"], rec["clip_fea"], rec["context"][None], config=config,
-                               noise=lambda shape: next(noise).reshape(shape), on_step=on_step)
+    session, meta, rec = fixture_session(folder, on_step=on_step)  # on_step reads rec once the stream runs
+    assert meta["block_sizes_latent_frames"] == [6, 8], "fixture uses another window layout"
+    config = session.config
     for chunk in session.stream(rec["audio_feat"], num_chunks=meta["chunks"]):
         errors["final"] = max(errors["final"], (chunk.latents[0] - rec[f"c{chunk.index}.final"]).abs().max().item())
 
