@@ -116,7 +116,7 @@ class Studio:
         image = read_portrait(self._user_file(portrait, "portrait"))
         pipe = self.pipe
         stream = replace(pipe.options.stream, compression=memory, audio_guidance=float(guidance), fp8_memory=bool(fp8))
-        live = self.start(image, prompt or "", int(seed), parse_edits(edits or "", _geometry(pipe), pipe.fps, seconds),
+        live = self.start(image, prompt or "", int(seed), parse_edits(edits or "", pipe.geometry, pipe.fps, seconds),
                           stream=stream, size=size if resizable(pipe) else None)
         broadcast = Broadcast(live, root=self.root, max_seconds=self.limits.max_session_seconds, began=began, keep=keep)
         with self._lock:
@@ -234,12 +234,6 @@ def _as_page_errors():
 def resizable(pipe: LiveActPipeline) -> bool:
     """The released model runs at any of the reference's resolutions; a trained tiny model at its own only."""
     return pipe.released
-
-
-def _geometry(pipe: LiveActPipeline):
-    from .stream import ChunkGeometry
-
-    return ChunkGeometry(pipe.options.stream.layout, pipe.transformer.config.vae_scale)
 
 
 def _key(request: gr.Request | None) -> str:

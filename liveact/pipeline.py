@@ -33,7 +33,7 @@ from .hub import (PRESETS, Components, LiveActError, check_gpu, config_18b, load
                   transformer_config)
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
-from .stream import PromptEdit, StreamConfig, StreamingSession
+from .stream import ChunkGeometry, PromptEdit, StreamConfig, StreamingSession
 from .transformer import LiveActTransformer, set_attention_backend
 from .vae import VideoAutoencoder, WanVAE, condition
 
@@ -88,6 +88,11 @@ class LiveActPipeline:
             raise LiveActError(f"the audio featurizer gives {featurizer.layers}x{featurizer.channels} features and "
                                f"the transformer expects {cfg.audio_layers}x{cfg.audio_channels}: the model folder is inconsistent.")
 
+    @property
+    def geometry(self) -> ChunkGeometry:
+        """Which video frames and audio each chunk of this pipeline's sessions covers."""
+        return ChunkGeometry(self.options.stream.layout, self.transformer.config.vae_scale)
+
     # -- conditioning ----------------------------------------------------------------------------
 
     def _portrait(self, image: str | Path | Image.Image | np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
@@ -125,9 +130,9 @@ class LiveActPipeline:
         limit = Limits.from_env().max_audio_seconds if max_audio_seconds is None else max_audio_seconds
         samples, rate = decode_audio(audio, max_seconds=limit)
         total_frames = int(len(samples) / rate * self.fps)  # the video lasts as long as the speech
+        chunks = self.geometry.chunks_for(total_frames)
+        edits = check_edits(edits, chunks)  # an edit past the end is left out with a warning, before it is encoded
         live = self.start(image, prompt, seed, edits)
-        chunks = live.session.chunks_for(total_frames)
-        check_edits(edits, chunks)  # warns about edits past the end: the session never reaches them
         helper = self.parallel is not None and self.parallel.rank != 0  # helpers denoise; rank 0 decodes and writes
         if stream_audio:
             live.feed(samples, rate)
