@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from .audio import SAMPLE_RATE, as_mono
 from .inputs import LiveActInputError, check_prompt
@@ -294,6 +295,18 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
+def _mkl() -> ctypes.CDLL | None:
+    """The MKL inside torch's CPU library (x86 Linux wheels), for its buffer pool; None where torch has none."""
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))  # already loaded
+    except OSError:
+        return None
+    return library if hasattr(library, "mkl_serv_free_buffers") else None
+
+
+_MKL = _mkl()
+
+
 def heap_bytes() -> dict[str, int] | None:
     """glibc's heap: bytes of live allocations, and free bytes it holds on to (None where it cannot tell)."""
     if _LIBC is None or not hasattr(_LIBC, "mallinfo2"):
@@ -305,7 +318,11 @@ def heap_bytes() -> dict[str, int] | None:
 def release_free_memory() -> None:
     """Give the pages a finished session freed back to the system. glibc keeps freed memory in its heaps, and
     the mix of buffer sizes a session allocates (tensors, video packets, HTTP bodies) reuses it imperfectly:
-    without this, a server's RSS creeps up visitor after visitor while the memory in use stays flat."""
+    without this, a server's RSS creeps up visitor after visitor while the memory in use stays flat.
+    MKL keeps a pool of ~4 MiB GEMM buffers that grows whenever more threads multiply at once than ever before
+    (the session's generator and its read-ahead decode, by chance): its unused buffers go first."""
+    if _MKL is not None:
+        _MKL.mkl_serv_free_buffers()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
