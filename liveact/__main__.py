@@ -82,7 +82,7 @@ def generate(args) -> int:
     stream = StreamConfig(compression="mean" if args.mean_memory else "conv", value_filter=args.value_filter,
                           fp8_memory=args.fp8_memory, offload_memory=args.offload_memory, audio_guidance=args.audio_cfg)
     options = Options(text_encoder_on_cpu=args.t5_cpu, compile=args.compile, attention=args.attention,
-                      block_offload=args.block_offload, stream=stream)
+                      fp8_gemm=args.fp8_gemm, block_offload=args.block_offload, stream=stream)
     limit = args.max_audio_seconds or Limits.from_env().max_audio_seconds
     try:
         jobs = _jobs(args)
@@ -109,6 +109,8 @@ def generate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .kernels import ATTENTION_BACKENDS  # torch only: the parser stays quick to build
+
     parser = argparse.ArgumentParser(prog="python -m liveact", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--block-offload", action="store_true", help="stream transformer blocks from CPU memory")
     gen.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
-    gen.add_argument("--attention", choices=["sdpa", "flash", "sage"], default="sdpa", help="attention kernel")
+    gen.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
+                     help="attention kernel: PyTorch's choice, one of SDPA's, or flash-attn / SageAttention")
+    gen.add_argument("--fp8-gemm", action="store_true", help="the transformer blocks' matrix multiplies in fp8 "
+                     "(Ada/Hopper GPUs)")
     train = commands.add_parser("train", help="train a model of the tiny scale on the synthetic world")
     train.add_argument("what", choices=["denoiser", "autoencoder", "reader"])
     train.add_argument("--out", help="output folder (default: the shipped weights' folder)")

@@ -34,7 +34,8 @@ from .hub import (PRESETS, Components, LiveActError, check_gpu, config_18b, load
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
 from .stream import ChunkGeometry, PromptEdit, StreamConfig, StreamingSession
-from .transformer import LiveActTransformer, set_attention_backend
+from .kernels import check_fp8_gemm
+from .transformer import LiveActTransformer
 from .vae import VideoAutoencoder, WanVAE, condition
 
 @dataclass
@@ -45,7 +46,8 @@ class Options:
     dtype: torch.dtype | None = None  # None: bfloat16 on CUDA, float32 elsewhere
     text_encoder_on_cpu: bool = False  # the reference's --t5_cpu
     compile: bool = False  # torch.compile each transformer block
-    attention: str = "sdpa"  # "sdpa" | "flash" | "sage"
+    attention: str = "sdpa"  # transformer.ATTENTION_BACKENDS: "sdpa", "sdpa-cudnn", ..., "flash", "sage"
+    fp8_gemm: bool = False  # the blocks' linear layers in fp8 (Ada/Hopper GPUs), the reference's --fp8_gemm
     block_offload: bool = False  # stream transformer blocks from pinned CPU memory
     stream: StreamConfig = field(default_factory=StreamConfig)
 
@@ -257,6 +259,11 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
         options = replace(options, dtype=dtype)
     if options.dtype is None:
         options = replace(options, dtype=torch.bfloat16 if torch.device(options.device).type == "cuda" else torch.float32)
+    if options.fp8_gemm:
+        try:
+            check_fp8_gemm(options.device)  # before downloading or reading the weights
+        except ValueError as error:
+            raise LiveActError(str(error)) from None
     parallel = SequenceParallel.from_env(options.device)
     if parallel is not None and torch.device(options.device).type == "cuda":
         options = replace(options, device=f"cuda:{parallel.rank}")
@@ -295,8 +302,10 @@ def _as_trained(stream: StreamConfig, settings: dict) -> StreamConfig:
 def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, int],
               parallel: SequenceParallel | None) -> LiveActPipeline:
     device, dtype = options.device, options.dtype
-    set_attention_backend(options.attention)
     transformer = load_transformer(parts["transformer"], device="cpu" if options.block_offload else device, dtype=dtype)
+    transformer.set_attention_backend(options.attention)
+    if options.fp8_gemm:
+        transformer.enable_fp8_gemm()
     if options.block_offload:
         transformer.enable_block_offload(device)
     if options.compile:

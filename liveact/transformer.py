@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from .kernels import Attention, Fp8Linear, attention_kernel, check_fp8_gemm
 from .parallel import SequenceParallel
 from .rope import apply_rope, rope_table
 
@@ -91,48 +92,7 @@ class LayerNorm32(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-
-
-_attention_kernel = _sdpa
-
-
-def set_attention_backend(name: str) -> None:
-    """"sdpa" (PyTorch, always available), "flash" (flash-attn) or "sage" (SageAttention), process-wide.
-    The optional kernels take fp16/bf16 CUDA tensors; other calls fall back to SDPA."""
-    global _attention_kernel
-    if name == "sdpa":
-        _attention_kernel = _sdpa
-        return
-    try:
-        if name == "flash":
-            from flash_attn import flash_attn_func as kernel  # [B, tokens, heads, head_dim] layout
-        elif name == "sage":
-            from sageattention import sageattn
-
-            def kernel(q, k, v):
-                return sageattn(q, k, v, tensor_layout="NHD")
-        else:
-            raise ValueError(f"unknown attention backend {name!r}: use sdpa, flash or sage")
-    except ImportError:
-        package = {"flash": "flash-attn", "sage": "sageattention"}[name]
-        raise ImportError(f"attention backend {name!r} needs `pip install {package}` (see requirements-gpu.txt)") from None
-
-    def dispatch(q, k, v):
-        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-            return kernel(q, k.to(q.dtype), v.to(q.dtype))
-        return _sdpa(q, k, v)
-
-    _attention_kernel = dispatch
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Full (non-causal) attention on [B, tokens, heads, head_dim] tensors."""
-    return _attention_kernel(q, k, v)
-
-
-class SelfAttention(nn.Module):
+class SelfAttention(Attention):
     """Self-attention of a chunk over its memory window, with q/k RMSNorm and slot-based RoPE."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, memory_kernel: int):
@@ -155,13 +115,13 @@ class SelfAttention(nn.Module):
             q, k, v = (parallel.sequence_to_heads(t) for t in (q, k, v))
         keys, values = (k, v) if window is None else window.attend(slot, k, v)
         q, keys = apply_rope(q, rope.queries), apply_rope(keys, rope.keys)
-        out = attention(q, keys, values.type_as(q))
+        out = self.attend(q, keys, values.type_as(q))
         if parallel is not None:
             out = parallel.heads_to_sequence(out)
         return self.o(out.flatten(2))
 
 
-class ImageTextCrossAttention(nn.Module):
+class ImageTextCrossAttention(Attention):
     """Cross-attention to the image-encoder tokens and the text tokens, summed (Wan I2V)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, image_tokens: int):
@@ -177,12 +137,12 @@ class ImageTextCrossAttention(nn.Module):
         split = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731
         image, text = context[:, :self.image_tokens], context[:, self.image_tokens:]
         q = split(self.norm_q(self.q(x)))
-        out_text = attention(q, split(self.norm_k(self.k(text))), split(self.v(text)))
-        out_image = attention(q, split(self.norm_k_img(self.k_img(image))), split(self.v_img(image)))
+        out_text = self.attend(q, split(self.norm_k(self.k(text))), split(self.v(text)))
+        out_image = self.attend(q, split(self.norm_k_img(self.k_img(image))), split(self.v_img(image)))
         return self.o((out_text + out_image).flatten(2))
 
 
-class AudioCrossAttention(nn.Module):
+class AudioCrossAttention(Attention):
     """Each latent frame's tokens attend to that frame's audio tokens only (no q/k norm)."""
 
     def __init__(self, dim: int, audio_dim: int, num_heads: int):
@@ -198,7 +158,7 @@ class AudioCrossAttention(nn.Module):
         per_frame = x.unflatten(1, (frames, -1)).flatten(0, 1)  # [B*frames, tokens, dim]
         q = self.q_linear(per_frame).unflatten(-1, (self.num_heads, -1))
         k, v = self.kv_linear(audio.flatten(0, 1)).unflatten(-1, (2, self.num_heads, -1)).unbind(2)
-        out = self.proj(attention(q, k, v).flatten(2))
+        out = self.proj(self.attend(q, k, v).flatten(2))
         return out.unflatten(0, (batch, frames)).flatten(1, 2)
 
 
@@ -298,7 +258,7 @@ class _OffloadedBlock:
     """A block's weights in host memory, copied to the device around each call (see enable_block_offload)."""
 
     def __init__(self, block: nn.Module, device: torch.device):
-        self.device, self.params = device, list(block.parameters())
+        self.device, self.params = device, [*block.parameters(), *block.buffers()]  # buffers: fp8 weights
         pin = device.type == "cuda"  # pinned memory makes the host-to-device copies asynchronous
         self.host = [p.data.cpu().pin_memory() if pin else p.data.cpu() for p in self.params]
         self.unload()
@@ -348,6 +308,7 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         self.audio_proj = AudioProjection(audio_window, vae_scale, audio_layers, audio_channels,
                                           intermediate_dim, output_dim, context_tokens, norm_output_audio)
         self.init_weights()
+        self.attention_backend = "sdpa"  # set_attention_backend changes it
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -364,6 +325,24 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         for block in self.blocks:
             nn.init.constant_(block.self_attn.memory_proj_k.weight, 1 / self.config.memory_kernel)
             nn.init.constant_(block.self_attn.memory_proj_v.weight, 1 / self.config.memory_kernel)
+
+    def set_attention_backend(self, name: str) -> None:
+        """Every attention layer of this model uses the kernel `name` (ATTENTION_BACKENDS)."""
+        kernel = attention_kernel(name)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kernel = kernel
+        self.attention_backend = name
+
+    def enable_fp8_gemm(self) -> None:
+        """The blocks' linear layers multiply in fp8 (`Fp8Linear`), as the reference's --fp8_gemm; the embeddings,
+        the head, the norms and the memory filters stay in the model's dtype. Before compiling or offloading."""
+        check_fp8_gemm(next(self.blocks.parameters()).device)
+        for block in self.blocks:
+            for parent in list(block.modules()):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, nn.Linear):
+                        setattr(parent, name, Fp8Linear(child))
 
     def compile_blocks(self) -> None:
         """torch.compile each block on its own (the --compile flag): the block loop and the memory's

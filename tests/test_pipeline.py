@@ -11,7 +11,6 @@ from liveact.stream import audio_window
 from liveact.hub import LiveActError
 from liveact.hub import parse_size
 from liveact.pipeline import load
-from liveact.transformer import set_attention_backend
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +97,16 @@ def test_block_offload_computes_the_same():
     assert all(torch.equal(a, b) for a, b in zip(stream_latents(model, chunks=3), reference))
 
 
-def test_attention_backends():
+def test_attention_backends_belong_to_the_model():
+    model, other = make_tiny_model(), make_tiny_model()
     with pytest.raises(ImportError, match="pip install flash-attn"):
-        set_attention_backend("flash")
+        model.set_attention_backend("flash")
     with pytest.raises(ValueError, match="unknown attention backend"):
-        set_attention_backend("fastest")
-    set_attention_backend("sdpa")
-    assert stream_latents(make_tiny_model(), chunks=1)[0].isfinite().all()
+        model.set_attention_backend("fastest")
+    reference = stream_latents(model, chunks=2)
+    model.set_attention_backend("sdpa-cudnn")  # a GPU kernel: on the CPU every call falls back to plain SDPA
+    assert model.attention_backend == "sdpa-cudnn" and other.attention_backend == "sdpa"
+    assert all(torch.equal(a, b) for a, b in zip(stream_latents(model, chunks=2), reference))
 
 
 def test_compiled_blocks_compute_the_same():
