@@ -33,10 +33,10 @@ from .hub import (PRESETS, Components, LiveActError, check_gpu, config_18b, load
                   transformer_config)
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
-from .stream import ChunkGeometry, PromptEdit, StreamConfig, StreamingSession
+from .stream import Chunk, ChunkGeometry, PromptEdit, StreamConfig, StreamingSession
 from .kernels import check_fp8_gemm
 from .transformer import LiveActTransformer
-from .vae import VideoAutoencoder, WanVAE, condition
+from .vae import VideoAutoencoder, WanVAE, condition, decode_beside
 
 @dataclass
 class Options:
@@ -48,6 +48,7 @@ class Options:
     compile: bool = False  # torch.compile each transformer block
     attention: str = "sdpa"  # transformer.ATTENTION_BACKENDS: "sdpa", "sdpa-cudnn", ..., "flash", "sage"
     fp8_gemm: bool = False  # the blocks' linear layers in fp8 (Ada/Hopper GPUs), the reference's --fp8_gemm
+    overlap_decode: bool = False  # decode chunk k while chunk k+1 denoises (a GPU's second stream)
     block_offload: bool = False  # stream transformer blocks from pinned CPU memory
     stream: StreamConfig = field(default_factory=StreamConfig)
 
@@ -57,7 +58,7 @@ class VideoChunk:
     index: int
     frames: np.ndarray  # uint8 [T, H, W, 3]
     first_frame: int  # index of frames[0] in the whole video
-    seconds: float  # wall time of the chunk: audio features (live sessions) + denoise + decode
+    seconds: float  # the chunk's stages: audio features (live sessions) + denoise + decode
     memory_bytes: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds of "audio", "denoise", "decode"
 
@@ -176,6 +177,7 @@ class LiveSession:
                  portrait: Image.Image):
         self.pipe, self.session, self.features, self.portrait = pipe, session, features, portrait
         self.decoder = pipe.vae.streaming_decoder()
+        self._audio_seconds: dict[int, float] = {}  # chunk index -> seconds its audio window took, until decoded
 
     def feed(self, samples: np.ndarray, sample_rate: int = 16000) -> None:
         self.features.push(samples, sample_rate)
@@ -196,31 +198,42 @@ class LiveSession:
 
     def chunks(self) -> Iterator[VideoChunk]:
         """Chunks for which enough speech has arrived; returns when it must wait for more (or is done)."""
-        while self.ready:
-            yield self.next_chunk()
+        yield from self._decoded(self._denoised())
 
     def next_chunk(self, decode: bool = True) -> VideoChunk | None:
         """Denoise (and decode) the next chunk; a helper rank of a parallel session denoises only."""
-        began = time.perf_counter()
-        window = self.features.window(self.session.audio_window_start(self.session.chunk_index))
-        featurized = time.perf_counter()
-        chunk = self.session.next_chunk(window)
-        return self._decode(chunk, began, featurized - began) if decode else None
+        chunk = self._denoise_next()
+        if not decode:
+            self._audio_seconds.pop(chunk.index)
+            return None
+        return next(self._decoded([chunk], overlap=False))
 
     def chunks_from_features(self, features: torch.Tensor, count: int) -> Iterator[VideoChunk]:
         """Chunks from precomputed per-frame features of a whole recording."""
-        began = time.perf_counter()
-        for chunk in self.session.stream(features, num_chunks=count):
-            yield self._decode(chunk, began)
-            began = time.perf_counter()
+        yield from self._decoded(self.session.stream(features, num_chunks=count))
 
-    def _decode(self, chunk, began: float, audio_seconds: float = 0.0) -> VideoChunk:
-        decoding = time.perf_counter()
-        video = self.decoder.decode(chunk.latents)  # [B, 3, T, H, W] in [-1, 1]
-        frames = ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        done = time.perf_counter()
-        timings = {"audio": audio_seconds, "denoise": chunk.seconds, "decode": done - decoding}
-        return VideoChunk(chunk.index, frames, chunk.video_frames.start, done - began, chunk.memory_bytes, timings)
+    def _denoised(self) -> Iterator[Chunk]:
+        while self.ready:
+            yield self._denoise_next()
+
+    def _denoise_next(self) -> Chunk:
+        began = time.perf_counter()
+        window = self.features.window(self.session.audio_window_start(self.session.chunk_index))
+        self._audio_seconds[self.session.chunk_index] = time.perf_counter() - began
+        return self.session.next_chunk(window)
+
+    def _decoded(self, chunks, overlap: bool | None = None) -> Iterator[VideoChunk]:
+        """Decode each chunk (beside the next one's denoise with the pipeline's `overlap_decode`)."""
+        overlap = self.pipe.options.overlap_decode if overlap is None else overlap
+        for chunk, frames, decode_s in decode_beside(chunks, self._frames, overlap):
+            timings = {"audio": self._audio_seconds.pop(chunk.index, 0.0), "denoise": chunk.seconds, "decode": decode_s}
+            yield VideoChunk(chunk.index, frames, chunk.video_frames.start, sum(timings.values()), chunk.memory_bytes,
+                             timings)
+
+    def _frames(self, latents: torch.Tensor) -> np.ndarray:
+        """A chunk's latents -> uint8 frames [T, H, W, 3] on the host."""
+        video = self.decoder.decode(latents)  # [B, 3, T, H, W] in [-1, 1]
+        return ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 # -- loading --------------------------------------------------------------------------------------

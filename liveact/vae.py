@@ -9,11 +9,17 @@ brings its own. Both give:
 - `streaming_decoder()`: an object whose `decode(latents)` turns each chunk's latents into video frames
   as they arrive, keeping the causal convolution cache between chunks so the result equals decoding the
   whole sequence at once.
+
+`decode_beside` decodes chunk k while chunk k+1 denoises (a thread and a CUDA stream of its own).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 
 import torch
 from diffusers import AutoencoderKLWan
@@ -34,6 +40,48 @@ class VideoAutoencoder(Protocol):
         """Video [B, 3, 1 + 4n, H, W] in [-1, 1] -> normalised latents [B, 16, 1 + n, H/8, W/8]."""
 
     def streaming_decoder(self) -> StreamingDecoder: ...
+
+
+Decoded = TypeVar("Decoded")
+
+
+def decode_beside(chunks: Iterable, decode: Callable[[torch.Tensor], Decoded], overlap: bool = False
+                  ) -> Iterator[tuple[object, Decoded, float]]:
+    """(chunk, decode(chunk.latents), decode seconds) for each chunk, in order. With `overlap`, chunk k decodes on a
+    thread of its own -- on a GPU, on a CUDA stream of its own -- while the caller's loop denoises chunk k+1, and is
+    handed out once chunk k+1 is under way; the decoder sees the same latents in the same order, so the frames are
+    the same as decoding after each denoise."""
+    if not overlap:
+        for chunk in chunks:
+            began = time.perf_counter()
+            decoded = decode(chunk.latents)
+            yield chunk, decoded, time.perf_counter() - began
+        return
+    side: dict[torch.device, torch.cuda.Stream] = {}  # one decode stream per device, made on first use
+
+    def job(latents: torch.Tensor, denoised: torch.cuda.Event | None):
+        stream = side.setdefault(latents.device, torch.cuda.Stream(latents.device)) if latents.is_cuda else None
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            if stream is not None:
+                stream.wait_event(denoised)  # the latents are written on the denoising stream
+                latents.record_stream(stream)  # their memory is not reused before this stream is done with it
+            began = time.perf_counter()
+            decoded = decode(latents)  # ends on the host (frames): this stream has finished
+            return decoded, time.perf_counter() - began
+
+    pending = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="liveact-decode") as pool:  # one thread: chunks decode in order
+        for chunk in chunks:
+            denoised = torch.cuda.Event() if chunk.latents.is_cuda else None
+            if denoised is not None:
+                denoised.record()
+            pending.append((chunk, pool.submit(job, chunk.latents, denoised)))
+            if len(pending) > 1:  # the next chunk is denoising: hand out the one before it
+                done, future = pending.popleft()
+                yield done, *future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, *future.result()
 
 
 def condition(vae: VideoAutoencoder, image: torch.Tensor, window: int = 14) -> torch.Tensor:

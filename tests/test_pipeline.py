@@ -119,3 +119,27 @@ def test_compiled_blocks_compute_the_same():
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         compiled = stream_latents(model, chunks=3)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(compiled, reference))
+
+
+def test_overlapped_decode_streams_the_same_frames(tiny_pipeline):
+    from dataclasses import replace
+
+    from liveact.synthetic import SAMPLE_RATE, portrait, speech
+
+    voice, options = speech(5.0, 3), tiny_pipeline.options
+
+    def frames(overlap: bool):
+        tiny_pipeline.options = replace(options, overlap_decode=overlap)
+        live = tiny_pipeline.start(portrait(3, tiny_pipeline.size[0]), seed=1)
+        live.feed(voice, SAMPLE_RATE)
+        live.finish()
+        chunks = list(live.chunks())
+        assert all(chunk.timings["decode"] > 0 and chunk.timings["denoise"] > 0 for chunk in chunks)
+        return [chunk.index for chunk in chunks], np.concatenate([chunk.frames for chunk in chunks])
+
+    try:
+        (order, sequential), (overlap_order, overlapped) = frames(False), frames(True)
+    finally:
+        tiny_pipeline.options = options
+    assert order == overlap_order == list(range(len(order))) and len(order) >= 3
+    assert np.array_equal(sequential, overlapped)

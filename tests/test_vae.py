@@ -42,3 +42,44 @@ def test_condition_is_mask_plus_latents_of_portrait_and_zero_frames():
     # normalisation round trip
     z = torch.randn(1, 16, 2, 4, 4)
     assert torch.allclose(wan.denormalize(wan.normalize(z)), z, atol=1e-6)
+
+
+def test_decode_beside_decodes_chunk_k_while_chunk_k_plus_1_denoises():
+    """The order of events, and the same results as decoding after each denoise."""
+    import threading
+
+    from liveact.vae import decode_beside
+
+    events = []
+
+    class Chunk:
+        def __init__(self, index):
+            self.index, self.latents = index, torch.full((2,), float(index))
+
+    def denoised():
+        for index in range(3):
+            events.append(f"denoise {index}")
+            yield Chunk(index)
+
+    def decode(latents):
+        events.append(f"decode {int(latents[0])} on {threading.current_thread().name.split('_')[0]}")
+        return latents * 2
+
+    def run(overlap):
+        events.clear()
+        made = []
+        for chunk, decoded, seconds in decode_beside(denoised(), decode, overlap):
+            events.append(f"out {chunk.index}")
+            made.append(decoded.tolist())
+            assert seconds >= 0
+        return made, list(events)
+
+    sequential, order = run(False)
+    assert order == ["denoise 0", "decode 0 on MainThread", "out 0", "denoise 1", "decode 1 on MainThread", "out 1",
+                     "denoise 2", "decode 2 on MainThread", "out 2"]
+    overlapped, order = run(True)
+    assert overlapped == sequential
+    decodes = [event for event in order if event.startswith("decode")]
+    assert decodes == [f"decode {k} on liveact-decode" for k in range(3)]
+    for k in range(2):  # chunk k is handed out only after chunk k+1 has started denoising
+        assert order.index(f"denoise {k + 1}") < order.index(f"out {k}")
