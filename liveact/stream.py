@@ -154,10 +154,13 @@ class StreamingSession:
         self.latent_shape = (self.batch, cfg.out_dim, height, width)
         self.generator = generator
         self.noise = noise  # None: `_randn` (not stored: a bound method would make a cycle that holds the memories)
-        with torch.no_grad():
-            self.context = model.embed_context(text.to(model.device), image.to(model.device))
-            self.edits = [(e.start_chunk, e.end_chunk, model.embed_context(e.text.to(model.device), image.to(model.device)))
-                          for e in edits]
+
+        @torch.no_grad()
+        def context(text: torch.Tensor) -> list:  # each block's cross-attention keys/values, the same for every call
+            return model.cross_keys_values(model.embed_context(text.to(model.device), image.to(model.device)))
+
+        self.context = context(text)
+        self.edits = [(e.start_chunk, e.end_chunk, context(e.text)) for e in edits]
         tokens_per_frame = (height // cfg.patch_size[1]) * (width // cfg.patch_size[2])
         heads = cfg.num_heads if parallel is None else cfg.num_heads // parallel.world  # each rank keeps its heads
 

@@ -121,6 +121,9 @@ class SelfAttention(Attention):
         return self.o(out.flatten(2))
 
 
+CrossKeysValues = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # text k, v, image k, v: [B, L, heads, head_dim]
+
+
 class ImageTextCrossAttention(Attention):
     """Cross-attention to the image-encoder tokens and the text tokens, summed (Wan I2V)."""
 
@@ -133,13 +136,20 @@ class ImageTextCrossAttention(Attention):
         self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        split = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.num_heads, -1))  # [B, L, heads, head_dim]
+
+    def keys_values(self, context: torch.Tensor) -> CrossKeysValues:
+        """The keys and values of a context [B, image_tokens + text_len, dim]: the same for every call of a session."""
         image, text = context[:, :self.image_tokens], context[:, self.image_tokens:]
-        q = split(self.norm_q(self.q(x)))
-        out_text = self.attend(q, split(self.norm_k(self.k(text))), split(self.v(text)))
-        out_image = self.attend(q, split(self.norm_k_img(self.k_img(image))), split(self.v_img(image)))
-        return self.o((out_text + out_image).flatten(2))
+        return (self._split(self.norm_k(self.k(text))), self._split(self.v(text)),
+                self._split(self.norm_k_img(self.k_img(image))), self._split(self.v_img(image)))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | CrossKeysValues) -> torch.Tensor:
+        """`context`: from `embed_context`, or its `keys_values` computed before."""
+        text_k, text_v, image_k, image_v = self.keys_values(context) if torch.is_tensor(context) else context
+        q = self._split(self.norm_q(self.q(x)))
+        return self.o((self.attend(q, text_k, text_v) + self.attend(q, image_k, image_v)).flatten(2))
 
 
 class AudioCrossAttention(Attention):
@@ -374,6 +384,11 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         text = F.pad(text.to(self.dtype), (0, 0, 0, cfg.text_len - text.shape[1]))
         return torch.cat([self.img_emb(image.to(self.dtype)), self.text_embedding(text)], dim=1)
 
+    def cross_keys_values(self, context: torch.Tensor) -> list[CrossKeysValues]:
+        """Each block's image and text keys and values for a context from `embed_context`. They are the same for
+        every chunk and step, so a session computes them once and passes them as `forward`'s context."""
+        return [block.cross_attn.keys_values(context) for block in self.blocks]
+
     def project_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """Windowed features [B, 1 + vae_scale*n, audio_window, audio_layers, audio_channels]
         -> audio tokens per latent frame [B, 1 + n, context_tokens, output_dim]."""
@@ -397,7 +412,7 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
     # -- one denoiser call -----------------------------------------------------------------------
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor | float, y: torch.Tensor,
-                context: torch.Tensor, audio: torch.Tensor | None = None,
+                context: torch.Tensor | list[CrossKeysValues], audio: torch.Tensor | None = None,
                 memory: KVWindow | None = None, slot: int = 0,
                 parallel: SequenceParallel | None = None) -> torch.Tensor:
         """Predict the flow velocity of a chunk.
@@ -406,7 +421,7 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
             latents: noisy chunk [B, out_dim, frames, H, W].
             timestep: t in [0, 1000], scalar or [B].
             y: mask + reference latents of the chunk's slots [B, in_dim - out_dim, frames, H, W].
-            context: from `embed_context`.
+            context: from `embed_context`, or its `cross_keys_values` (computed once per session).
             audio: this chunk's audio tokens [B, frames, context_tokens, output_dim] (rows of
                 `project_audio` for the chunk's slots), or None to skip the audio module.
             memory: the ConvKV window of this denoising step, or None to attend within the chunk.
@@ -428,7 +443,8 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         rope = RopeTables.for_chunk(self.config.dim // self.config.num_heads, grid, slot, memory is not None, x.device)
         for layer, block in enumerate(self.blocks):
             window = None if memory is None else LayerWindow(memory, layer)
-            x = block(x, time_mod, context, audio, rope, slot, window, parallel)
+            x = block(x, time_mod, context if torch.is_tensor(context) else context[layer], audio, rope, slot, window,
+                      parallel)
         x = self.head(x, time_emb.float())
         if parallel is not None:
             x = parallel.gather_sequence(x)
@@ -445,7 +461,10 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         pt, ph, pw = cfg.patch_size
         if frames % pt or height % ph or width % pw:
             raise ValueError(f"latent size {frames}x{height}x{width} is not divisible by the patch {pt}x{ph}x{pw}")
-        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != cfg.dim:
+        if not torch.is_tensor(context):
+            if len(context) != cfg.num_layers or context[0][0].shape[0] != batch:
+                raise ValueError(f"precomputed context must be cross_keys_values of a batch of {batch}: one per block")
+        elif context.ndim != 3 or context.shape[0] != batch or context.shape[2] != cfg.dim:
             raise ValueError(f"context must be [{batch}, tokens, {cfg.dim}] from embed_context, got {list(context.shape)}")
         expected_audio = (batch, frames, cfg.context_tokens, cfg.output_dim)
         if audio is not None and tuple(audio.shape) != expected_audio:

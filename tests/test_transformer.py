@@ -70,6 +70,16 @@ def test_forward_shapes_and_audio_effects(tiny_model):
 
 
 @torch.no_grad()
+def test_cross_attention_keys_values_computed_once_give_the_same_velocity(tiny_model):
+    latents, y, context, audio = _inputs(tiny_model)
+    once = tiny_model.cross_keys_values(context)
+    assert len(once) == tiny_model.config.num_layers
+    assert torch.equal(tiny_model(latents, 500.0, y, once, audio), tiny_model(latents, 500.0, y, context, audio))
+    with pytest.raises(ValueError, match="one per block"):
+        tiny_model(latents, 500.0, y, once[:-1], audio)
+
+
+@torch.no_grad()
 def test_reference_frame_of_first_chunk_takes_no_audio():
     # one frame per chunk and no temporal mixing: self-attention sees only the frame itself
     model = make_tiny_model()
