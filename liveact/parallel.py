@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,14 +27,17 @@ class SequenceParallel:
     group: dist.ProcessGroup | None = None
 
     @classmethod
-    def from_env(cls, device: torch.device | str = "cpu") -> "SequenceParallel | None":
-        """Join the torchrun process group if WORLD_SIZE > 1 (initialising it when needed), else None."""
+    def from_env(cls, device: torch.device | str = "cpu", timeout: float | None = None) -> "SequenceParallel | None":
+        """Join the torchrun process group if WORLD_SIZE > 1 (initialising it when needed), else None. `timeout`:
+        seconds a collective waits for the other ranks before it raises (None: torch's default, 30 min on gloo)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return None
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
+        # a group of its own: the rendezvous above keeps torch's patience for ranks that are still starting
+        group = None if timeout is None else dist.new_group(timeout=timedelta(seconds=timeout))
+        return cls(dist.get_rank(), dist.get_world_size(), group)
 
     def frames(self, total: int) -> slice:
         """This rank's latent frames of a chunk of `total` frames."""

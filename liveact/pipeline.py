@@ -258,9 +258,10 @@ def estimate_gpu_bytes(config: dict, size: tuple[int, int], options: Options, wo
 
 def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None,
          size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None,
-         wav2vec: str | Path | None = None) -> LiveActPipeline:
+         wav2vec: str | Path | None = None, collective_timeout: float | None = None) -> LiveActPipeline:
     """Load a preset or a model folder (the released LiveAct folder, or part folders) into a pipeline; `wav2vec`
-    is the wav2vec2 folder (the reference's --wav2vec_dir). Errors are one actionable sentence (LiveActError)."""
+    is the wav2vec2 folder (the reference's --wav2vec_dir); `collective_timeout`: seconds a rank of a parallel run
+    waits for the others in a collective before it raises. Errors are one actionable sentence (LiveActError)."""
     preset = PRESETS.get(str(model))
     released = is_released(model)
     options = options or Options()
@@ -277,7 +278,7 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
             check_fp8_gemm(options.device)  # before downloading or reading the weights
         except ValueError as error:
             raise LiveActError(str(error)) from None
-    parallel = SequenceParallel.from_env(options.device)
+    parallel = SequenceParallel.from_env(options.device, collective_timeout)
     if parallel is not None and torch.device(options.device).type == "cuda":
         options = replace(options, device=f"cuda:{parallel.rank}")
 
