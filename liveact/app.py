@@ -22,6 +22,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from . import release
 from .audio import SAMPLE_RATE, load_audio, save_wav
 from .hub import LiveActError
 from .inputs import Limits, LiveActInputError, check_speech_length, read_portrait
@@ -32,7 +33,6 @@ from .tts import speak
 
 EXAMPLE_SEEDS = (7_000_101, 7_000_202, 7_000_303, 7_000_404)  # held-out identities of the synthetic world
 EXAMPLE_SECONDS = 20.0
-SIZES_18B = ("512*512", "416*720", "720*416", "480*832")
 PLOT_EVERY = 4  # chunks between redraws of the latency plot
 SESSION_STATES = 8  # Gradio keeps a copy of a visitor's outputs for an hour after they leave: at most this many,
 # the least recently active dropped first (our handlers read nothing back from them; docs/RELIABILITY.md)
@@ -99,7 +99,11 @@ class Studio:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """One chunk at start-up, so the first visitor does not pay for lazy initialisation."""
+        """At start-up, so the first visitor does not pay for compiling or lazy initialisation: the first chunks'
+        shapes at every size offered on a GPU (on a CPU, where other sizes are for tests, the loaded one), then one
+        chunk through a broadcast (the video segments' writer)."""
+        on_gpu = torch.device(self.pipe.options.device).type == "cuda"
+        self.pipe.warm_up(self.pipe.sizes if on_gpu else self.pipe.sizes[:1], start=self.start)
         with Broadcast(self.start(synthetic_portrait(EXAMPLE_SEEDS[0], self.pipe.size[0])),
                        root=self.root) as broadcast:
             broadcast.feed(speech(1.0, EXAMPLE_SEEDS[0]), SAMPLE_RATE)
@@ -271,8 +275,8 @@ def build(studio: Studio, examples_folder: str | Path) -> gr.Blocks:
                     seed = gr.Number(label="Seed", value=42, precision=0)
                     memory = gr.Radio(["conv", "mean"], value="conv", label="Memory (ConvKV compression)")
                     guidance = gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="Audio guidance (CFG)")
-                    started = f"{pipe.size[1]}*{pipe.size[0]}"  # the size the model was loaded at comes first
-                    size = gr.Dropdown([started] + [s for s in SIZES_18B if s != started], value=started,
+                    # the loaded size first; the reference's sizes too, hidden (API clients may name them) for a tiny model
+                    size = gr.Dropdown(list(dict.fromkeys((*pipe.sizes, *release.SIZES))), value=pipe.sizes[0],
                                        label="Resolution (18B model)", visible=resizable(pipe))
                     fp8 = gr.Checkbox(label="fp8 key/value memory", value=False)
                 with gr.Row():

@@ -86,10 +86,38 @@ class LiveActPipeline:
         self.image_encoder, self.text_encoder, self.featurizer = image_encoder, text_encoder, featurizer
         self.fps, self.size, self.options, self.parallel, self.name = fps, size, options or Options(), parallel, name
         self.released = released  # the released LiveAct model: it runs at any of the reference's sizes
+        self.warmed_sizes: set[str] = set()  # sizes `warm_up` has run (compiled, where compiling)
         cfg = transformer.config
         if (featurizer.layers, featurizer.channels) != (cfg.audio_layers, cfg.audio_channels):
             raise LiveActError(f"the audio featurizer gives {featurizer.layers}x{featurizer.channels} features and "
                                f"the transformer expects {cfg.audio_layers}x{cfg.audio_channels}: the model folder is inconsistent.")
+
+    @property
+    def sizes(self) -> tuple[str, ...]:
+        """WIDTH*HEIGHT a session may ask for, the loaded size first: the released model runs at any of the
+        reference's sizes, a trained tiny model at its own only."""
+        own = f"{self.size[1]}*{self.size[0]}"
+        return (own, *(size for size in release.SIZES if size != own)) if self.released else (own,)
+
+    def warm_up(self, sizes: Sequence[str] | None = None, start=None, progress=print) -> float:
+        """Make the first three chunks of a silent session at each size (default: the loaded one): the first
+        chunk's shape, the second's, and ConvKV's first compression. Compiling and lazy initialisation happen
+        here, not in a visitor's first chunks. `start`: how sessions start (a worker pool's, to warm every rank).
+        Returns the seconds it took; sizes warmed before are skipped."""
+        began, start = time.perf_counter(), start or self.start
+        for size in [s for s in (sizes or self.sizes[:1]) if s not in self.warmed_sizes]:
+            height, width = parse_size(size)
+            live = start(Image.new("RGB", (width, height), (128, 128, 128)), seed=0, size=size)
+            video_frames = self.geometry.chunk_video_frames(2).stop  # chunks 0, 1 and 2
+            live.feed(np.zeros(int(video_frames / self.fps * 16000) + 1, np.float32), 16000)
+            live.finish()
+            for _ in live.chunks():
+                pass
+            getattr(live, "close", lambda: None)()  # a worker pool's session ends on every rank
+            self.warmed_sizes.add(size)
+        seconds = time.perf_counter() - began
+        progress(f"{self.name}: warmed up {', '.join(sizes or self.sizes[:1])} (3 chunks each) in {seconds:.1f} s")
+        return seconds
 
     @property
     def geometry(self) -> ChunkGeometry:
@@ -294,7 +322,10 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     options = replace(options, stream=_as_trained(options.stream, settings))
     if size is None and "size" in components.settings:
         height, width = components.settings["size"]
-    return _assemble(components, options, fps or settings.get("fps", 20), (height, width), parallel)
+    pipe = _assemble(components, options, fps or settings.get("fps", 20), (height, width), parallel)
+    if options.compile:  # compile every chunk shape now, not in the first session's chunks (each rank alike)
+        pipe.warm_up(progress=print if parallel is None or parallel.rank == 0 else lambda _: None)
+    return pipe
 
 
 def is_released(model: str | Path) -> bool:

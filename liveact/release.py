@@ -35,6 +35,7 @@ T5_TOKENIZER = "google/umt5-xxl"
 WAV2VEC2_FOLDER = "chinese-wav2vec2-base"  # where the reference's README puts it: beside the model folder
 CLIP_HEAD_DIM = 80  # ViT-H/14: 1280 channels in 16 heads (the one size shapes do not tell)
 SETTINGS = {"fps": 20, "size": [720, 416], "featurizer": "wav2vec2"}  # the reference README's first example
+SIZES = ("512*512", "416*720", "720*416", "480*832")  # WIDTH*HEIGHT the reference runs the released model at
 
 State = dict[str, torch.Tensor]
 

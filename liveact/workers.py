@@ -202,6 +202,9 @@ class WorkerPool:
         try:
             with _rank_environment(0, self.world, self.port):
                 self.pipe.parallel = SequenceParallel.from_env(self.pipe.options.device, self.chunk_timeout)
+            if self.pipe.options.compile:  # the helpers' load() warms up (compiles); this rank meets their collectives
+                self.pipe.warmed_sizes.clear()
+                self.pipe.warm_up(progress=lambda _: None)
             self._wait_ready()
         except Exception:
             self._stop(wait=0)  # the next session tries again

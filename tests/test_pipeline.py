@@ -119,6 +119,22 @@ def test_compiled_blocks_compute_the_same():
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         compiled = stream_latents(model, chunks=3)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(compiled, reference))
+    with torch._dynamo.config.patch(error_on_recompile=True):  # 3 chunks (what warm_up makes) compiled every shape
+        stream_latents(model, seed=1, chunks=5)
+
+
+def test_warm_up_makes_three_chunks_at_each_size_once(tiny_pipeline, monkeypatch):
+    made = []
+    monkeypatch.setattr(tiny_pipeline, "warmed_sizes", set())
+    original = liveact.pipeline.StreamingSession.next_chunk
+    monkeypatch.setattr(liveact.pipeline.StreamingSession, "next_chunk",
+                        lambda session, audio: made.append(session.latent_shape) or original(session, audio))
+    lines = []
+    assert tiny_pipeline.sizes == (f"{tiny_pipeline.size[1]}*{tiny_pipeline.size[0]}",)  # a trained tiny model: its own
+    assert tiny_pipeline.warm_up(progress=lines.append) > 0 and len(made) == 3
+    assert tiny_pipeline.warmed_sizes == set(tiny_pipeline.sizes) and "warmed up" in lines[0]
+    tiny_pipeline.warm_up(progress=lines.append)
+    assert len(made) == 3  # warmed before: skipped
 
 
 def test_overlapped_decode_streams_the_same_frames(tiny_pipeline):
