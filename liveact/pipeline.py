@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -224,9 +224,10 @@ class LiveSession:
         """The next chunk can be made: its speech has arrived (or the speech has ended) and it is not done."""
         return not self.done and self.features.ready(self.session.audio_window_start(self.session.chunk_index))
 
-    def chunks(self) -> Iterator[VideoChunk]:
-        """Chunks for which enough speech has arrived; returns when it must wait for more (or is done)."""
-        yield from self._decoded(self._denoised())
+    def chunks(self, before_each: Callable[[], None] | None = None) -> Iterator[VideoChunk]:
+        """Chunks for which enough speech has arrived; returns when it must wait for more (or is done).
+        `before_each` runs before each chunk denoises (a worker pool tells its helpers to join in)."""
+        yield from self._decoded(self._denoised(before_each))
 
     def next_chunk(self, decode: bool = True) -> VideoChunk | None:
         """Denoise (and decode) the next chunk; a helper rank of a parallel session denoises only."""
@@ -240,8 +241,10 @@ class LiveSession:
         """Chunks from precomputed per-frame features of a whole recording."""
         yield from self._decoded(self.session.stream(features, num_chunks=count))
 
-    def _denoised(self) -> Iterator[Chunk]:
+    def _denoised(self, before_each: Callable[[], None] | None = None) -> Iterator[Chunk]:
         while self.ready:
+            if before_each is not None:
+                before_each()
             yield self._denoise_next()
 
     def _denoise_next(self) -> Chunk:

@@ -260,13 +260,10 @@ class MirroredSession:
 
     def chunks(self) -> Iterator[VideoChunk]:
         """Rank 0's chunks; a failure on any rank ends them with one sentence (see `WorkerPool._fail`)."""
-        while self.live.ready:
-            self.pool._send("chunk")  # the helpers join this chunk's collectives
-            try:
-                chunk = self.live.next_chunk()
-            except Exception as error:
-                raise self.pool._fail(error) from error
-            yield chunk
+        try:  # before each chunk the helpers are told to join its collectives
+            yield from self.live.chunks(before_each=lambda: self.pool._send("chunk"))
+        except Exception as error:
+            raise self.pool._fail(error) from error
 
     def close(self) -> None:
         """End the session on the helpers, unless a later session (or a failure) already replaced it there."""
