@@ -82,7 +82,8 @@ def generate(args) -> int:
     stream = StreamConfig(compression="mean" if args.mean_memory else "conv", value_filter=args.value_filter,
                           fp8_memory=args.fp8_memory, offload_memory=args.offload_memory, audio_guidance=args.audio_cfg)
     options = Options(text_encoder_on_cpu=args.t5_cpu, compile=args.compile, attention=args.attention,
-                      fp8_gemm=args.fp8_gemm, block_offload=args.block_offload, stream=stream)
+                      fp8_gemm=args.fp8_gemm, overlap_decode=args.overlap_decode, block_offload=args.block_offload,
+                      stream=stream)
     limit = args.max_audio_seconds or Limits.from_env().max_audio_seconds
     try:
         jobs = _jobs(args)
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="attention kernel: PyTorch's choice, one of SDPA's, or flash-attn / SageAttention")
     gen.add_argument("--fp8-gemm", action="store_true", help="the transformer blocks' matrix multiplies in fp8 "
                      "(Ada/Hopper GPUs)")
+    gen.add_argument("--overlap-decode", action="store_true", help="decode each chunk while the next one denoises "
+                     "(a second CUDA stream)")
     train = commands.add_parser("train", help="train a model of the tiny scale on the synthetic world")
     train.add_argument("what", choices=["denoiser", "autoencoder", "reader"])
     train.add_argument("--out", help="output folder (default: the shipped weights' folder)")

@@ -26,7 +26,8 @@ from . import release
 from .audio import SAMPLE_RATE, load_audio, save_wav
 from .hub import LiveActError
 from .inputs import Limits, LiveActInputError, check_speech_length, read_portrait
-from .pipeline import LiveActPipeline, is_released, load
+from .kernels import ATTENTION_BACKENDS
+from .pipeline import LiveActPipeline, Options, is_released, load
 from .serve import Broadcast, log_heap, parse_edits, release_free_memory
 from .synthetic import portrait as synthetic_portrait, speech
 from .tts import speak
@@ -341,6 +342,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="cpu, cuda (default: cuda for the released 18B model, else cpu)")
     parser.add_argument("--size", default=os.environ.get("LIVEACT_SIZE"),
                         help="WIDTH*HEIGHT the model starts at, offered first on the page (default: the model's own, 416*720 for the released model)")
+    parser.add_argument("--compile", action="store_true", default=bool(os.environ.get("LIVEACT_COMPILE")),
+                        help="torch.compile the transformer blocks (compiled at start-up, every size offered)")
+    parser.add_argument("--fp8-gemm", action="store_true", default=bool(os.environ.get("LIVEACT_FP8_GEMM")),
+                        help="the transformer blocks' matrix multiplies in fp8 (Ada/Hopper GPUs)")
+    parser.add_argument("--overlap-decode", action="store_true", default=bool(os.environ.get("LIVEACT_OVERLAP_DECODE")),
+                        help="decode each chunk while the next one denoises (a second CUDA stream)")
+    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default=os.environ.get("LIVEACT_ATTENTION", "sdpa"),
+                        help="attention kernel (see `python -m liveact generate --help`)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="CPU threads for the model (default: all cores but one, left to encoding and the browser)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("LIVEACT_WORKERS", 0)) or None,
@@ -349,7 +358,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     workers = args.workers or default_workers(args.model)
-    studio = Studio(args.model, workers=workers, wav2vec=args.wav2vec, size=args.size, device=args.device)
+    options = Options(compile=args.compile, fp8_gemm=args.fp8_gemm, overlap_decode=args.overlap_decode,
+                      attention=args.attention)
+    studio = Studio(args.model, workers=workers, wav2vec=args.wav2vec, size=args.size, device=args.device,
+                    options=options)
     examples = Path(tempfile.gettempdir()) / "liveact-examples"
     demo = build(studio, examples)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(examples)],
