@@ -26,6 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from .kernels import Attention, Fp8Linear, attention_kernel, check_fp8_gemm
+from .offload import BlockStreamer
 from .parallel import SequenceParallel
 from .rope import apply_rope, rope_table
 
@@ -264,26 +265,6 @@ def timestep_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
-class _OffloadedBlock:
-    """A block's weights in host memory, copied to the device around each call (see enable_block_offload)."""
-
-    def __init__(self, block: nn.Module, device: torch.device):
-        self.device, self.params = device, [*block.parameters(), *block.buffers()]  # buffers: fp8 weights
-        pin = device.type == "cuda"  # pinned memory makes the host-to-device copies asynchronous
-        self.host = [p.data.cpu().pin_memory() if pin else p.data.cpu() for p in self.params]
-        self.unload()
-        block.register_forward_pre_hook(lambda *_: self.load())
-        block.register_forward_hook(lambda *_: self.unload())
-
-    def load(self) -> None:
-        for param, host in zip(self.params, self.host):
-            param.data = host.to(self.device, non_blocking=True)
-
-    def unload(self) -> None:
-        for param, host in zip(self.params, self.host):
-            param.data = host
-
-
 class LiveActTransformer(ModelMixin, ConfigMixin):
     """Wan2.1-I2V DiT + audio module, denoising one chunk against a ConvKV memory window.
 
@@ -360,16 +341,15 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         for block in self.blocks:
             block.compile(dynamic=False)
 
-    def enable_block_offload(self, device: torch.device | str) -> None:
-        """Keep every block's weights in (pinned) CPU memory and copy each block to `device` just before
-        it runs, dropping it after: the GPU holds one block's weights instead of 40 (24-32 GB cards).
-        Everything outside the blocks moves to `device`."""
+    def enable_block_offload(self, device: torch.device | str, resident: int = 0) -> None:
+        """Keep the blocks after the first `resident` in (pinned) CPU memory and stream each to `device` as it is
+        needed, prefetched while the block before it computes (`offload.py`): a 24-32 GB card holds `resident`
+        blocks and two streamed ones instead of 40. Everything outside the blocks moves to `device`."""
         device = torch.device(device)
         for name, child in self.named_children():
             if name != "blocks":
                 child.to(device)
-        for block in self.blocks:
-            _OffloadedBlock(block, device)
+        self.block_streamer = BlockStreamer(self.blocks, device, resident)
 
     # -- conditioning, computed once and reused across calls ------------------------------------
 

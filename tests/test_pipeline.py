@@ -90,11 +90,31 @@ def test_model_folder_sets_fps_and_size(pipe):
     assert pipe.options.device == "cpu" and next(pipe.transformer.parameters()).dtype == torch.float32
 
 
-def test_block_offload_computes_the_same():
-    reference = stream_latents(make_tiny_model(), chunks=3)
-    model = make_tiny_model()
-    model.enable_block_offload("cpu")  # on a GPU the blocks would live in pinned host memory between calls
+@pytest.mark.parametrize("fp8_gemm", [False, True])
+def test_streamed_blocks_compute_what_resident_ones_do(fp8_gemm):
+    """Blocks 2.. stream from host copies (a real copy on a CPU too): each computes on its copy, the next one is
+    already fetched by then, and between calls only the prefetched first streamed block is off the host."""
+    resident_model, model = make_tiny_model(num_layers=5), make_tiny_model(num_layers=5)
+    for m in (resident_model, model) if fp8_gemm else ():
+        m.enable_fp8_gemm()  # fp8 weights are buffers: they stream too
+    reference = stream_latents(resident_model, chunks=3)
+    model.enable_block_offload("cpu", resident=2)
+    streamed, seen = model.block_streamer.streamed, []
+
+    def check(index):
+        def hook(block, *_):
+            host = streamed[index].host
+            seen.append((all(t.data_ptr() != h.data_ptr() for t, h in zip(streamed[index].tensors, host)),
+                         streamed[(index + 1) % len(streamed)].on_device))
+        return hook
+
+    for index, block in enumerate(model.blocks[2:]):
+        block.register_forward_pre_hook(check(index))  # after the streamer's: the block has arrived
+    assert len(streamed) == 3 and model.block_streamer.host_bytes > 0
     assert all(torch.equal(a, b) for a, b in zip(stream_latents(model, chunks=3), reference))
+    assert seen and all(on_copy and next_fetched for on_copy, next_fetched in seen)
+    assert [block.on_device for block in streamed] == [True, False, False]
+    assert all(t.data_ptr() == h.data_ptr() for block in streamed[1:] for t, h in zip(block.tensors, block.host))
 
 
 def test_attention_backends_belong_to_the_model():
