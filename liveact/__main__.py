@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--plot", help="PNG of identity drift over time")
     evaluate.add_argument("--sheet", help="PNG of frames at 0 s, 10 s, 1, 2 and 5 min of each rollout")
     evaluate.add_argument("--label", help="the model's name in the table row")
+    evaluate.add_argument("--precision", action="store_true", help="instead: plain, fp8 memory and fp8 memory + fp8 "
+                          "GEMM on the same identities and noise (synthetic speech only), and each one's max pixel "
+                          "difference from the plain video")
     bench = commands.add_parser("bench", help="speed, memory over long runs, the 18B model's FLOPs")
     bench.add_argument("--model", default="tiny", help="preset (tiny, liveact-18b) or model folder")
     bench.add_argument("--size", help="WIDTH*HEIGHT (default: the model's)")
@@ -237,9 +240,16 @@ def train_command(args) -> int:
 
 
 def eval_command(args) -> int:
-    from .evaluate import TABLE_HEADER, contact_sheet, evaluate_model, plot_drift, table_row
+    from .evaluate import TABLE_HEADER, contact_sheet, evaluate_model, plot_drift, precision_cost, precision_table, table_row
     from .hub import LiveActError
 
+    if args.precision:
+        report = precision_cost(args.model, args.minutes, args.identities)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(precision_table(report))
+        return 0
     try:
         summary, rollouts = evaluate_model(args.model, args.minutes, args.identities, Path(args.real_speech))
     except LiveActError as error:

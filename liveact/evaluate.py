@@ -81,14 +81,15 @@ def rollout(pipe, seed: int, audio: np.ndarray, name: str, reader=None, progress
 
 
 def evaluate_model(model: str | Path = "tiny", minutes: float = 5.0, identities: int = 10,
-                   real_speech: Path | None = None, progress: bool = True) -> tuple[dict, list[Rollout]]:
-    """Roll out and score a model; returns the summary (the JSON of `python -m liveact eval`) and the rollouts."""
+                   real_speech: Path | None = None, progress: bool = True, options=None) -> tuple[dict, list[Rollout]]:
+    """Roll out and score a model (loaded with pipeline `options`, default the plain ones); returns the summary
+    (the JSON of `python -m liveact eval`) and the rollouts."""
     from tqdm.auto import tqdm
 
     from .hub import LiveActError
     from .pipeline import load
 
-    pipe, reader = load(model), load_reader()
+    pipe, reader = load(model, options=options), load_reader()
     seconds = minutes * 60
     jobs = [(f"synthetic-{i}", HELDOUT_SEED + i, speech(seconds, HELDOUT_SEED + i)) for i in range(identities)]
     recordings = sorted(Path(real_speech).glob("speech-*.wav")) if real_speech and Path(real_speech).is_dir() else []
@@ -202,3 +203,58 @@ def contact_sheet(rollouts: list[Rollout], path: str | Path) -> Path:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return Path(path)
+
+
+# -- what fp8 costs in quality ------------------------------------------------------------------------
+
+def precision_variants():
+    """The precisions a low-memory GPU would pick, as pipeline options: the plain one first (the yardstick)."""
+    from .pipeline import Options
+    from .stream import StreamConfig
+
+    fp8_memory = StreamConfig(fp8_memory=True)
+    return {"plain": Options(), "fp8 memory": Options(stream=fp8_memory),
+            "fp8 memory + fp8 GEMM": Options(stream=fp8_memory, fp8_gemm=True)}
+
+
+def frame_difference(plain, other, seeds: list[int], seconds: float) -> dict:
+    """Max and mean |pixel difference| (0-255) between two pipelines' videos of the same identities, speech and
+    noise, streamed side by side chunk by chunk (no video is kept)."""
+    largest, total, count = 0, 0.0, 0
+    for seed in seeds:
+        audio = speech(seconds, seed)
+        streams = []
+        for pipe in (plain, other):
+            live = pipe.start(to_image(render(identity(seed), REST, pipe.size[0])[0]), prompt="a person is talking", seed=seed)
+            features = featurize(pipe.featurizer, audio, SAMPLE_RATE, pipe.fps)
+            streams.append(live.chunks_from_features(features, live.session.chunks_for(features.shape[0])))
+        for a, b in zip(*streams):
+            difference = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
+            largest, total, count = max(largest, int(difference.max())), total + float(difference.sum()), count + difference.size
+    return {"max_pixel_difference": largest, "mean_pixel_difference": total / count}
+
+
+def precision_cost(model: str | Path = "tiny", minutes: float = 0.5, identities: int = 4, progress: bool = True) -> dict:
+    """Each precision variant scored as `eval` scores a model, and its frames against the plain variant's."""
+    from .pipeline import load
+
+    variants, report = precision_variants(), {}
+    plain = load(model, options=variants["plain"])
+    seeds = [HELDOUT_SEED + i for i in range(identities)]
+    for name, options in variants.items():
+        summary, _ = evaluate_model(model, minutes, identities, options=options, progress=progress)
+        report[name] = {key: summary[key] for key in ("lip_sync_corr", "identity_drift", "flicker", "minutes", "rollouts")}
+        if name != "plain":
+            report[name] |= frame_difference(plain, load(model, options=options), seeds, minutes * 60)
+    return report
+
+
+def precision_table(report: dict) -> str:
+    """Markdown: one row per precision variant."""
+    rows = ["| variant | lip sync | drift 10 s | flicker | max pixel difference vs plain | mean |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in report.items():
+        difference = (f"{r['max_pixel_difference']} | {r['mean_pixel_difference']:.2f}" if "max_pixel_difference" in r
+                      else "– | –")
+        rows.append(f"| {name} | {r['lip_sync_corr']:.3f} | {r['identity_drift'].get('10s', float('nan')):.3f} | "
+                    f"{r['flicker']:.3f} | {difference} |")
+    return "\n".join(rows)
