@@ -186,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--long-budget", type=float, default=900.0, help="wall seconds a long-run variant may take")
     bench.add_argument("--flops", action="store_true", help="also count the 18B config's FLOPs (meta device)")
     bench.add_argument("--gpu", action="store_true", help="instead: the 18B config with random weights on a GPU "
-                       "(eager, fp8 memory, torch.compile); --markdown then writes docs/GPU.md's table")
-    bench.add_argument("--chunks", type=int, default=8, help="chunks per variant with --gpu")
+                       "(eager, fp8 memory, torch.compile); --markdown then writes docs/GPU.md")
+    bench.add_argument("--suite", action="store_true", help="with --gpu: the attention kernels, then eager, compile, "
+                       "fp8 GEMMs, the chosen kernel, overlapped decode and fp8 memory, cumulatively (issue #17)")
+    bench.add_argument("--chunks", type=int, default=6, help="chunks per variant with --gpu")
+    bench.add_argument("--budget-s", type=float, default=540.0, help="with --gpu: wall seconds it may take; "
+                       "variants that would end later are skipped and named")
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--markdown", help="write the tables here (e.g. docs/BENCHMARKS.md)")
     bench.add_argument("--plot", help="PNG of latency and memory")
@@ -274,27 +278,38 @@ def bench_command(args) -> int:
         print("error: --gpu measures the 18B config with random weights alone; run --model, --plot, --long-minutes "
               "and --flops without it.", file=sys.stderr)
         return 2
+    if args.suite and not args.gpu:
+        print("error: --suite is a --gpu benchmark: add --gpu.", file=sys.stderr)
+        return 2
+    table = bench.gpu_markdown if args.gpu else bench.markdown
+
+    def write(report: dict) -> None:  # after every GPU variant too: a run stopped early leaves what it measured
+        report["command"] = "python -m liveact " + " ".join(args.argv)
+        if args.plot and args.markdown:  # the document shows the plot, by a path relative to itself
+            report["plot"] = os.path.relpath(args.plot, Path(args.markdown).parent)
+        for path, text in ((args.json, lambda: json.dumps(report, indent=2) + "\n"), (args.markdown, lambda: table(report))):
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).write_text(text())
+
     try:
         if args.gpu:
             from .hub import parse_size  # not .pipeline: it needs PyAV, which a bare GPU machine may lack
 
-            report = bench.gpu_speed(parse_size(args.size or "512*512"), args.chunks, args.device or "cuda")
+            size, device = parse_size(args.size or "512*512"), args.device or "cuda"
+            measure = bench.gpu_suite if args.suite else bench.gpu_speed
+            report = measure(size, args.chunks, device, budget_s=args.budget_s, save=write)
         else:
             report = bench.run(args.model, args.seconds, args.runs, args.long_minutes, args.long_budget, args.flops,
                                args.device, args.size)
     except LiveActError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report["command"] = "python -m liveact " + " ".join(args.argv)
-    if args.plot and args.markdown:  # the document shows the plot, by a path relative to itself
-        report["plot"] = os.path.relpath(args.plot, Path(args.markdown).parent)
-    table = bench.gpu_markdown(report) if args.gpu else bench.markdown(report)
-    for path, write in ((args.json, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n")),
-                        (args.markdown, lambda p: Path(p).write_text(table)), (args.plot, lambda p: bench.plot(report, p))):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            write(path)
-    print(table)
+    write(report)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        bench.plot(report, args.plot)
+    print(table(report))
     return 0
 
 
