@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -228,8 +228,9 @@ def parse_size(size: str | Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
-def check_gpu(device: torch.device | str, needed_bytes: int, name: str, hint: str) -> None:
-    """Fail with one sentence when a CUDA device is missing or has too little memory."""
+def check_gpu(device: torch.device | str, needed_bytes: int, name: str, hint: str | Callable[[int], str]) -> None:
+    """Fail with one sentence when a CUDA device is missing or has too little memory; `hint` says what to do
+    then (or makes that sentence from the GPU's bytes)."""
     device = torch.device(device)
     if device.type != "cuda":
         return
@@ -239,4 +240,5 @@ def check_gpu(device: torch.device | str, needed_bytes: int, name: str, hint: st
     total = torch.cuda.get_device_properties(device).total_memory
     if total < needed_bytes:
         raise LiveActError(f"{name} needs about {needed_bytes / 2**30:.0f} GiB of GPU memory with these options and "
-                           f"{torch.cuda.get_device_name(device)} has {total / 2**30:.0f} GiB: {hint}")
+                           f"{torch.cuda.get_device_name(device)} has {total / 2**30:.0f} GiB: "
+                           f"{hint(total) if callable(hint) else hint}")

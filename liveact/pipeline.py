@@ -28,7 +28,7 @@ from PIL import Image
 from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, decode_audio, featurize, save_wav
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
-from . import release
+from . import release, vram
 from .hub import (PRESETS, Components, LiveActError, check_gpu, config_18b, load_transformer, parse_size, resolve,
                   transformer_config)
 from .inputs import Limits, check_edits, check_prompt, read_portrait
@@ -50,6 +50,8 @@ class Options:
     fp8_gemm: bool = False  # the blocks' linear layers in fp8 (Ada/Hopper GPUs), the reference's --fp8_gemm
     overlap_decode: bool = False  # decode chunk k while chunk k+1 denoises (a GPU's second stream)
     block_offload: bool = False  # stream transformer blocks from pinned CPU memory
+    resident_blocks: int = 0  # with block_offload: the first blocks, kept on the GPU
+    low_vram: float | None = None  # GiB of GPU memory to fit: load() picks the measures above (vram.fit)
     stream: StreamConfig = field(default_factory=StreamConfig)
 
 
@@ -269,24 +271,6 @@ class LiveSession:
 
 # -- loading --------------------------------------------------------------------------------------
 
-def estimate_gpu_bytes(config: dict, size: tuple[int, int], options: Options, world: int = 1) -> int:
-    """GPU memory a pipeline needs per GPU: transformer weights (one block when offloading them), the key/value
-    memories (fp8 / offloaded / split over `world` ranks as configured), encoders, and working room."""
-    with torch.device("meta"):
-        model = LiveActTransformer.from_config(config)
-    cfg, per_value = model.config, torch.finfo(options.dtype).bits // 8
-    params = sum(p.numel() for p in model.parameters())
-    if options.block_offload:
-        params -= (cfg.num_layers - 1) * sum(p.numel() for p in model.blocks[0].parameters())
-    tokens = (size[0] // 16) * (size[1] // 16)
-    memories = options.stream.sampler.num_steps + (2 if options.stream.audio_guidance != 1.0 else 0)
-    layers_on_gpu = 1 if options.stream.offload_memory else cfg.num_layers
-    value_bytes = 1 + 4 / (cfg.dim // cfg.num_heads) if options.stream.fp8_memory else per_value
-    window = memories * layers_on_gpu * 2 * options.stream.layout.window * tokens * cfg.dim * value_bytes / world
-    text_encoder = 0 if options.text_encoder_on_cpu else 5.7e9 * per_value  # umT5-XXL encoder
-    return int(params * per_value + window + text_encoder + 1.5e9 + 4e9)  # + CLIP, VAE, wav2vec2 + activations
-
-
 def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None,
          size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None,
          wav2vec: str | Path | None = None, collective_timeout: float | None = None) -> LiveActPipeline:
@@ -317,9 +301,11 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     height, width = parse_size(size) if size is not None else tuple(settings.get("size", (512, 512)))
     if released:  # fail before downloading or reading 40 GB on a machine that cannot run it
         config = config_18b() if preset is not None else transformer_config(Path(model))
-        check_gpu(options.device, estimate_gpu_bytes(config, (height, width), options, parallel.world if parallel else 1),
-                  preset.name if preset else str(model), "add --fp8-memory, --offload-memory or --block-offload, or "
-                  "use two GPUs (torchrun --nproc-per-node 2 -m liveact generate ...).")
+        world, name = parallel.world if parallel else 1, preset.name if preset else str(model)
+        if options.low_vram:
+            options = _fit(config, (height, width), options, world, name, progress=parallel is None or parallel.rank == 0)
+        check_gpu(options.device, vram.count(config, (height, width), options, world).total, name,
+                  lambda total: _low_vram_hint(config, (height, width), options, world, total))
     components = resolve(model, wav2vec)
     settings.update(components.settings)
     options = replace(options, stream=_as_trained(options.stream, settings))
@@ -329,6 +315,32 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     if options.compile:  # compile every chunk shape now, not in the first session's chunks (each rank alike)
         pipe.warm_up(progress=print if parallel is None or parallel.rank == 0 else lambda _: None)
     return pipe
+
+
+def _fit(config: dict, size: tuple[int, int], options: Options, world: int, name: str, progress: bool) -> Options:
+    """--low-vram GIB: the cheapest measures that fit (vram.fit), said in one line; one sentence when none do."""
+    try:
+        check_fp8_gemm(options.device)
+        fp8_gemm = True
+    except ValueError:  # an older card: fp8 GEMMs are not among the measures
+        fp8_gemm = False
+    try:
+        fitted, measures = vram.fit(config, size, options, int(options.low_vram * 2**30), fp8_gemm, world)
+    except ValueError as error:
+        raise LiveActError(f"{name} does not fit {options.low_vram:g} GiB: {error}.") from None
+    if progress:
+        print(f"--low-vram {options.low_vram:g}: {', '.join(measures) or 'nothing needed'}")
+    return fitted
+
+
+def _low_vram_hint(config: dict, size: tuple[int, int], options: Options, world: int, total: int) -> str:
+    """What to add when a GPU of `total` bytes is too small for `options`."""
+    gib = total / 2**30
+    try:
+        vram.fit(config, size, options, total, world=world)
+        return f"add --low-vram {gib:.0f} (it streams what does not fit), or use two GPUs (torchrun --nproc-per-node 2)."
+    except ValueError:
+        return "use two GPUs (torchrun --nproc-per-node 2 -m liveact generate ...) or a larger one."
 
 
 def is_released(model: str | Path) -> bool:
@@ -355,7 +367,7 @@ def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, 
     if options.fp8_gemm:
         transformer.enable_fp8_gemm()
     if options.block_offload:
-        transformer.enable_block_offload(device)
+        transformer.enable_block_offload(device, options.resident_blocks)
     if options.compile:
         transformer.compile_blocks()
     text_device = "cpu" if options.text_encoder_on_cpu else device

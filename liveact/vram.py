@@ -356,9 +356,10 @@ class Needs:
         return sum(astuple(self))
 
 
-def count(config: dict, size: tuple[int, int], options: Options, world: int = 1, resident: int = 0) -> Needs:
+def count(config: dict, size: tuple[int, int], options: Options, world: int = 1) -> Needs:
     """What `options` (pipeline.Options) make one GPU of `world` hold for the transformer `config` at a video size
-    (H, W): `resident` blocks stay on the GPU when `options.block_offload` streams the others."""
+    (H, W): `options.resident_blocks` stay on the GPU when `options.block_offload` streams the others."""
+    resident = options.resident_blocks
     dtype = options.dtype or torch.bfloat16  # None: the pipeline's choice on a GPU
     weights = transformer_weights(config, dtype, options.fp8_gemm)
     active = peak_activation_bytes(config, size, dtype, options.fp8_gemm, options.stream)
@@ -370,3 +371,41 @@ def count(config: dict, size: tuple[int, int], options: Options, world: int = 1,
                  memories=memory_count(options.stream) * memory_bytes(config, size, options.stream, dtype, world),
                  context=active.context, decoder_cache=active.decoder_cache,
                  activations=sum(peaks) if options.overlap_decode else max(peaks))
+
+
+# -- a low-memory GPU: the cheapest measures that fit ---------------------------------------------------------
+
+HEADROOM = 0.9  # plan to this share of the card: the allocator's rounding, kernel workspaces and the CUDA context
+# are not counted above
+
+
+def _measures(fp8_gemm: bool) -> list[tuple[str, Callable]]:
+    """What `--low-vram` may turn on, cheapest first: the text encoder costs seconds once per session on the CPU;
+    fp8 GEMMs halve the blocks' bytes and run faster on fp8 tensor cores (Ada/Hopper only); fp8 memory halves the
+    window for a little quality (`eval --precision`); an offloaded window costs a copy per layer and step."""
+    measures = [("text encoder on the CPU", lambda o: replace(o, text_encoder_on_cpu=True))]
+    if fp8_gemm:
+        measures.append(("fp8 GEMMs", lambda o: replace(o, fp8_gemm=True)))
+    return measures + [("fp8 memory", lambda o: replace(o, stream=replace(o.stream, fp8_memory=True))),
+                       ("memory window in host memory", lambda o: replace(o, stream=replace(o.stream, offload_memory=True)))]
+
+
+def fit(config: dict, size: tuple[int, int], options: Options, budget_bytes: int, fp8_gemm: bool = True,
+        world: int = 1) -> tuple[Options, list[str]]:
+    """The options with the fewest measures (in `_measures`' order, then blocks streamed from host memory, as
+    many kept on the GPU as fit) whose count fits HEADROOM of `budget_bytes`, and the measures in words.
+    `fp8_gemm`: whether the GPU has fp8 tensor cores. Raises ValueError when nothing fits."""
+    budget, taken = HEADROOM * budget_bytes, []
+    for name, measure in [("", lambda o: o), *_measures(fp8_gemm)]:
+        options = measure(options)
+        taken += [name] if name else []
+        if count(config, size, options, world).total <= budget:
+            return options, taken
+    for resident in range(transformer_weights(config, options.dtype or torch.bfloat16, options.fp8_gemm).num_blocks,
+                          -1, -1):
+        streamed = replace(options, block_offload=True, resident_blocks=resident)
+        if count(config, size, streamed, world).total <= budget:
+            return streamed, taken + [f"{resident} blocks kept on the GPU, the others streamed from host memory"]
+    least = count(config, size, replace(options, block_offload=True, resident_blocks=0), world).total
+    raise ValueError(f"it needs about {least / HEADROOM / 2**30:.1f} GiB of GPU memory even with every block streamed "
+                     f"from host memory")

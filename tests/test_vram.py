@@ -170,3 +170,26 @@ def test_count_follows_the_options():
     assert (changed.text_encoder, changed.activations) == (0, active.call + active.decode)
     assert changed.transformer == weights.on_device(vram.STREAMED_ON_DEVICE)
     assert changed.memories == plain.memories // 2
+
+
+def test_resident_blocks_stay_on_the_gpu():
+    weights = vram.transformer_weights(TINY, torch.bfloat16)
+    kept = vram.count(TINY, SIZE, Options(dtype=torch.bfloat16, block_offload=True, resident_blocks=1))
+    assert kept.transformer == weights.on_device(1 + vram.STREAMED_ON_DEVICE)
+
+
+def test_low_vram_takes_the_cheapest_measures_that_fit():
+    """The 18B config at 416x720: what fits a 24 GiB and a 48 GiB card, and a budget nothing fits."""
+    config, size, bf16 = config_18b(), (720, 416), Options(dtype=torch.bfloat16)
+    plenty = vram.count(config, size, bf16).total
+    options, measures = vram.fit(config, size, bf16, int(plenty / vram.HEADROOM) + 1)
+    assert options == bf16 and measures == []  # it fits as it is
+    for gib in (24, 48):
+        options, measures = vram.fit(config, size, bf16, gib * 2**30)
+        assert vram.count(config, size, options).total <= vram.HEADROOM * gib * 2**30
+        fewer = vram.fit(config, size, bf16, gib * 2**30, fp8_gemm=False)[1]
+        assert "fp8 GEMMs" in measures and "fp8 GEMMs" not in fewer  # only where the card has fp8 tensor cores
+    small, measures24 = vram.fit(config, size, bf16, 24 * 2**30)
+    assert small.block_offload and 0 < small.resident_blocks < 40 and small.text_encoder_on_cpu
+    with pytest.raises(ValueError, match="even with every block streamed"):
+        vram.fit(config, size, bf16, 2 * 2**30)
