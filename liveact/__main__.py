@@ -83,7 +83,7 @@ def generate(args) -> int:
                           fp8_memory=args.fp8_memory, offload_memory=args.offload_memory, audio_guidance=args.audio_cfg)
     options = Options(text_encoder_on_cpu=args.t5_cpu, compile=args.compile, attention=args.attention,
                       fp8_gemm=args.fp8_gemm, overlap_decode=args.overlap_decode, block_offload=args.block_offload,
-                      stream=stream)
+                      low_vram=args.low_vram, stream=stream)
     limit = args.max_audio_seconds or Limits.from_env().max_audio_seconds
     try:
         jobs = _jobs(args)
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--fp8-memory", action="store_true", help="store the key/value memory as fp8 (e4m3)")
     gen.add_argument("--offload-memory", action="store_true", help="keep the key/value memory in CPU memory")
     gen.add_argument("--block-offload", action="store_true", help="stream transformer blocks from CPU memory")
+    gen.add_argument("--low-vram", type=float, metavar="GIB", help="fit a GPU of this many GiB: the cheapest of "
+                     "--t5-cpu, --fp8-gemm, --fp8-memory, --offload-memory and streamed blocks that fit (printed)")
     gen.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     gen.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",

@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the transformer blocks' matrix multiplies in fp8 (Ada/Hopper GPUs)")
     parser.add_argument("--overlap-decode", action="store_true", default=bool(os.environ.get("LIVEACT_OVERLAP_DECODE")),
                         help="decode each chunk while the next one denoises (a second CUDA stream)")
+    parser.add_argument("--low-vram", type=float, metavar="GIB", default=os.environ.get("LIVEACT_LOW_VRAM"),
+                        help="fit a GPU of this many GiB (see `python -m liveact generate --help`)")
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default=os.environ.get("LIVEACT_ATTENTION", "sdpa"),
                         help="attention kernel (see `python -m liveact generate --help`)")
     parser.add_argument("--threads", type=int, default=default_threads(),
@@ -359,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     workers = args.workers or default_workers(args.model)
     options = Options(compile=args.compile, fp8_gemm=args.fp8_gemm, overlap_decode=args.overlap_decode,
-                      attention=args.attention)
+                      attention=args.attention, low_vram=args.low_vram and float(args.low_vram))
     studio = Studio(args.model, workers=workers, wav2vec=args.wav2vec, size=args.size, device=args.device,
                     options=options)
     examples = Path(tempfile.gettempdir()) / "liveact-examples"

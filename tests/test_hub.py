@@ -121,7 +121,8 @@ def test_too_little_gpu_memory_names_the_low_vram_setting_that_fits(monkeypatch)
 def test_18b_without_gpu_or_weights_exits_with_one_sentence(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     common = ["--image", str(example("portrait-1.png")), "--audio", str(example("speech-1.wav")), "--out", str(tmp_path / "o.mp4")]
-    for extra, expected in [([], "needs a CUDA GPU"), (["--device", "cpu"], "not in the Hugging Face cache")]:
+    for extra, expected in [([], "needs a CUDA GPU"), (["--device", "cpu"], "not in the Hugging Face cache"),
+                            (["--low-vram", "2"], "does not fit 2 GiB: it needs about")]:
         result = run_liveact("generate", "--model", "liveact-18b", *common, *extra, env=env)
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if line.strip()]
