@@ -243,7 +243,8 @@ def precision_cost(model: str | Path = "tiny", minutes: float = 0.5, identities:
     seeds = [HELDOUT_SEED + i for i in range(identities)]
     for name, options in variants.items():
         summary, _ = evaluate_model(model, minutes, identities, options=options, progress=progress)
-        report[name] = {key: summary[key] for key in ("lip_sync_corr", "identity_drift", "flicker", "minutes", "rollouts")}
+        report[name] = {key: summary[key] for key in ("lip_sync_corr", "identity_drift", "flicker", "minutes", "rollouts",
+                                                      "per_rollout")}  # per identity: differences are paired
         if name != "plain":
             report[name] |= frame_difference(plain, load(model, options=options), seeds, minutes * 60)
     return report
