@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--markdown", help="write the tables here (e.g. docs/BENCHMARKS.md)")
     bench.add_argument("--plot", help="PNG of latency and memory")
+    fits = commands.add_parser("fit", help="what --low-vram takes to fit the 18B model on cards of a given size "
+                               "(counted from the models' shapes)")
+    fits.add_argument("--gib", type=float, nargs="+", default=[16, 24, 32, 48, 80], help="GPU memory sizes")
+    fits.add_argument("--size", nargs="+", default=["416*720", "512*512"], help="WIDTH*HEIGHT video sizes")
+    fits.add_argument("--no-fp8-gemm", action="store_true", help="a card without fp8 tensor cores (before Ada)")
     soak = commands.add_parser("soak", help="nothing leaks: many short sessions through the app, one long live session")
     soak.add_argument("--sessions", type=int, default=100, help="visitors, one after another (0: skip)")
     soak.add_argument("--seconds", type=float, default=1.0, help="speech per visitor")
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else argv
     _quiet_libraries()
     return {"generate": generate, "train": train_command, "eval": eval_command, "bench": bench_command,
-            "soak": soak_command, "world": world_command, "audio-compare": audio_compare_command,
+            "soak": soak_command, "fit": fit_command, "world": world_command, "audio-compare": audio_compare_command,
             "reference-differences": reference_differences_command}[args.command](args)
 
 
@@ -312,6 +317,14 @@ def bench_command(args) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         bench.plot(report, args.plot)
     print(table(report))
+    return 0
+
+
+def fit_command(args) -> int:
+    from .hub import config_18b, parse_size
+    from .vram import fit_table
+
+    print(fit_table(config_18b(), [parse_size(size) for size in args.size], args.gib, not args.no_fp8_gemm))
     return 0
 
 

@@ -409,3 +409,20 @@ def fit(config: dict, size: tuple[int, int], options: Options, budget_bytes: int
     least = count(config, size, replace(options, block_offload=True, resident_blocks=0), world).total
     raise ValueError(f"it needs about {least / HEADROOM / 2**30:.1f} GiB of GPU memory even with every block streamed "
                      f"from host memory")
+
+
+def fit_table(config: dict, sizes: list[tuple[int, int]], gibs: list[float], fp8_gemm: bool = True) -> str:
+    """Markdown: for each card size and video size (H, W), what `fit` takes and the bytes it counts (bf16)."""
+    from .pipeline import Options  # here: pipeline imports this module
+
+    plain = Options(dtype=torch.bfloat16)
+    rows = ["| GPU memory | video | what fits (counted, not measured) | counted |", "| --- | --- | --- | --- |"]
+    for gib in gibs:
+        for height, width in sizes:
+            try:
+                options, measures = fit(config, (height, width), plain, int(gib * 2**30), fp8_gemm)
+                counted = f"{count(config, (height, width), options).total / 2**30:.1f} GiB"
+                rows.append(f"| {gib:g} GiB | {width}x{height} | {', '.join(measures) or 'as it is'} | {counted} |")
+            except ValueError as error:
+                rows.append(f"| {gib:g} GiB | {width}x{height} | does not fit: {error} | – |")
+    return "\n".join(rows)

@@ -193,3 +193,9 @@ def test_low_vram_takes_the_cheapest_measures_that_fit():
     assert small.block_offload and 0 < small.resident_blocks < 40 and small.text_encoder_on_cpu
     with pytest.raises(ValueError, match="even with every block streamed"):
         vram.fit(config, size, bf16, 2 * 2**30)
+
+
+def test_fit_table_says_what_each_card_takes():
+    table = vram.fit_table(config_18b(), [(720, 416)], [2, 24, 200])
+    rows = table.splitlines()[2:]
+    assert "does not fit" in rows[0] and "blocks kept on the GPU" in rows[1] and "as it is" in rows[2]
