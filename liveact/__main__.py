@@ -191,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                        "(eager, fp8 memory, torch.compile); --markdown then writes docs/GPU.md")
     bench.add_argument("--suite", action="store_true", help="with --gpu: the attention kernels, then eager, compile, "
                        "fp8 GEMMs, the chosen kernel, overlapped decode and fp8 memory, cumulatively (issue #17)")
-    bench.add_argument("--chunks", type=int, default=6, help="chunks per variant with --gpu")
+    bench.add_argument("--low-vram", type=float, nargs="+", metavar="GIB", help="with --gpu: instead, each card size "
+                       "in turn, this GPU capped to it: the measures vram.fit takes, FPS, memory, bytes from host memory "
+                       "and an RTX 4090 estimate (issue #18; --markdown writes its section of docs/GPU.md)")
+    bench.add_argument("--chunks", type=int, help="chunks per variant with --gpu (default 6; 10 with --low-vram)")
     bench.add_argument("--budget-s", type=float, default=540.0, help="with --gpu: wall seconds it may take; "
-                       "variants that would end later are skipped and named")
+                       "variants (or --low-vram cases) that would end later are skipped and named")
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--markdown", help="write the tables here (e.g. docs/BENCHMARKS.md)")
     bench.add_argument("--plot", help="PNG of latency and memory")
@@ -285,16 +288,25 @@ def bench_command(args) -> int:
         print("error: --gpu measures the 18B config with random weights alone; run --model, --plot, --long-minutes "
               "and --flops without it.", file=sys.stderr)
         return 2
-    if args.suite and not args.gpu:
-        print("error: --suite is a --gpu benchmark: add --gpu.", file=sys.stderr)
+    if (args.suite or args.low_vram) and not args.gpu:
+        print(f"error: {'--suite' if args.suite else '--low-vram'} is a --gpu benchmark: add --gpu.", file=sys.stderr)
         return 2
-    table = bench.gpu_markdown if args.gpu else bench.markdown
+    if args.suite and args.low_vram:
+        print("error: --suite and --low-vram are two runs: run them one after the other.", file=sys.stderr)
+        return 2
+    before = Path(args.markdown).read_text() if args.markdown and Path(args.markdown).exists() else ""
+    if args.low_vram:  # docs/GPU.md holds both --gpu runs: each rewrites its part and keeps the other's
+        table, page = bench.low_vram_markdown, lambda report: bench.low_vram_page(report, before)
+    elif args.gpu:
+        table, page = bench.gpu_markdown, lambda report: bench.gpu_page(report, before)
+    else:
+        table = page = bench.markdown
 
     def write(report: dict) -> None:  # after every GPU variant too: a run stopped early leaves what it measured
-        report["command"] = "python -m liveact " + " ".join(args.argv)
+        (report["_run"] if args.low_vram else report)["command"] = "python -m liveact " + " ".join(args.argv)
         if args.plot and args.markdown:  # the document shows the plot, by a path relative to itself
             report["plot"] = os.path.relpath(args.plot, Path(args.markdown).parent)
-        for path, text in ((args.json, lambda: json.dumps(report, indent=2) + "\n"), (args.markdown, lambda: table(report))):
+        for path, text in ((args.json, lambda: json.dumps(report, indent=2) + "\n"), (args.markdown, lambda: page(report))):
             if path:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 Path(path).write_text(text())
@@ -303,9 +315,15 @@ def bench_command(args) -> int:
         if args.gpu:
             from .hub import parse_size  # not .pipeline: it needs PyAV, which a bare GPU machine may lack
 
-            size, device = parse_size(args.size or "512*512"), args.device or "cuda"
-            measure = bench.gpu_suite if args.suite else bench.gpu_speed
-            report = measure(size, args.chunks, device, budget_s=args.budget_s, save=write)
+            device = args.device or "cuda"
+            if args.low_vram:
+                sizes = [parse_size(args.size)] if args.size else bench.LOW_VRAM_SIZES
+                report = bench.gpu_low_vram(args.low_vram, sizes, args.chunks or 10, device, budget_s=args.budget_s,
+                                            save=write)
+            else:
+                measure = bench.gpu_suite if args.suite else bench.gpu_speed
+                report = measure(parse_size(args.size or "512*512"), args.chunks or 6, device, budget_s=args.budget_s,
+                                 save=write)
         else:
             report = bench.run(args.model, args.seconds, args.runs, args.long_minutes, args.long_budget, args.flops,
                                args.device, args.size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -119,6 +120,9 @@ def test_the_gpu_suite_runs_every_variant_of_a_small_config_on_the_cpu(monkeypat
     page = bench.gpu_markdown(report)
     assert "`python -m liveact bench --gpu --suite`" in page and "## Attention kernels" in page and "## The target" in page
     assert all(f"| {name} |" in page for name in variants)
+    low_vram = "\n".join([bench.LOW_VRAM_MARKERS[0], "## On a 24 GB card", "", "measured apart", bench.LOW_VRAM_MARKERS[1]])
+    kept = bench.gpu_page(report, f"# An older page\n\n{low_vram}\n")  # the suite's page keeps the low-vram section
+    assert kept.startswith(page.rstrip()) and kept.endswith(f"\n\n{low_vram}\n") and "older" not in kept
 
 
 def test_a_gpu_run_stops_within_its_budget_and_says_what_it_skipped(monkeypatch):
@@ -140,6 +144,42 @@ def test_a_gpu_run_stops_within_its_budget_and_says_what_it_skipped(monkeypatch)
     assert "met by no variant" in page and "first frame after 1.50 s > 1 s" in page  # 21.3 FPS, but 1.5 s to the first
 
 
+def test_a_low_vram_run_stops_within_its_budget_and_says_what_it_skipped(monkeypatch):
+    """Each case here takes 1.5 s: with 2 s of budget a second would end past it, so it and the rest are skipped."""
+    monkeypatch.setattr(bench, "_low_vram_case", lambda case, *args: time.sleep(1.5) or case.update(
+        status="failed", reason="stood in for"))
+    monkeypatch.setattr(bench, "flops_per_frame", lambda *args, **kwargs: 30.0)
+    report = bench.gpu_low_vram((24, 16), device="cpu", config=SMALL, budget_s=2.0, progress=lambda line: None)
+    assert list(report) == ["_run", "24", "16"] and list(report["16"]) == ["416x720", "512x512"]
+    assert [case["status"] for card in ("24", "16") for case in report[card].values()] == ["failed"] + ["skipped"] * 3
+    page = bench.low_vram_markdown(report)
+    assert "**24 GiB, 416x720** failed: stood in for." in page
+    assert "**16 GiB, 512x512** skipped: not measured, to end within the time budget of 2 s." in page
+
+
+def test_the_low_vram_command_writes_its_json_and_its_section_of_the_suites_page(tmp_path, monkeypatch):
+    from liveact.__main__ import main
+
+    page, data, suite_page = tmp_path / "GPU.md", tmp_path / "gpu-low-vram.json", "# The 18B model on a GPU\n\nTables.\n"
+    page.write_text(suite_page)
+
+    def measured(caps, sizes, chunks, device, budget_s, save):  # stands for the GPU
+        report = {"_run": {"machine": "a GPU", "commit": "abc1234", "torch": "2.11", "dtype": "bfloat16", "chunks": chunks,
+                           "fp8_gemm": True, "h2d_bytes_per_s": 5e10},
+                  "16": {"416x720": {"status": "does not fit", "reason": "it needs about 17.1 GiB"}}}
+        save(report)
+        return report
+
+    monkeypatch.setattr(bench, "gpu_low_vram", measured)
+    argv = ["bench", "--gpu", "--low-vram", "16", "--json", str(data), "--markdown", str(page)]
+    assert main(argv) == 0
+    report = json.loads(data.read_text())
+    assert list(report) == ["_run", "16"] and report["_run"]["command"] == "python -m liveact " + " ".join(argv)
+    text = page.read_text()
+    assert text.startswith(suite_page) and "**16 GiB, 416x720** does not fit: it needs about 17.1 GiB." in text
+    assert f"`python -m liveact {' '.join(argv)}` from commit abc1234" in text and "10 chunks" in text
+
+
 def test_gpu_benchmark_without_a_gpu_is_one_sentence(monkeypatch, capsys):
     from liveact.__main__ import main
 
@@ -152,3 +192,66 @@ def test_gpu_benchmark_without_a_gpu_is_one_sentence(monkeypatch, capsys):
     assert "--gpu measures the 18B config" in capsys.readouterr().err
     assert main(["bench", "--suite"]) == 2
     assert "--suite is a --gpu benchmark" in capsys.readouterr().err
+    assert main(["bench", "--gpu", "--low-vram", "24", "16"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["bench", "--low-vram", "24"]) == 2
+    assert "--low-vram is a --gpu benchmark" in capsys.readouterr().err
+    assert main(["bench", "--gpu", "--suite", "--low-vram", "24"]) == 2
+    assert "two runs" in capsys.readouterr().err
+
+
+def test_the_low_vram_run_streams_blocks_from_host_memory_and_counts_their_bytes_on_the_cpu():
+    """`bench --gpu --low-vram`'s code on a small config on the CPU: one card that vram.fit meets by keeping one block
+    of six and streaming the others from host memory, one that nothing fits. A CPU has no allocator to cap: the cap is
+    recorded instead. The bytes a chunk reads from host memory are counted as they are copied: each streamed block
+    once per denoiser call, and what each offloaded window loads (memory.py: slots 2-13 to compress, 0-5 to attend)."""
+    from liveact import vram
+    from liveact.pipeline import Options
+    from liveact.stream import StreamConfig
+
+    config, size = SMALL | dict(num_layers=6), (32, 32)
+    one_kept = Options(device="cpu", dtype=torch.float32, text_encoder_on_cpu=True, fp8_gemm=True, block_offload=True,
+                       resident_blocks=1, stream=StreamConfig(fp8_memory=True, offload_memory=True))
+    card = (vram.count(config, size, one_kept).total / vram.HEADROOM + 1024) / 2**30  # GiB: a block more does not fit
+    caps, saved, threads = [], [], torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: see the suite's test above
+    try:
+        report = bench.gpu_low_vram((card, 0.5), sizes=(size,), chunks=4, device="cpu", dtype=torch.float32, config=config,
+                                    vae_config=SMALL_VAE, cap=caps.append, progress=lambda line: None,
+                                    save=lambda r: saved.append(json.dumps(r)))
+    finally:
+        torch.set_num_threads(threads)
+    assert list(report) == ["_run", f"{card:g}", "0.5"] and len(saved) == 2  # written after each case
+    assert json.loads(saved[-1]) == report and report["_run"]["h2d_bytes_per_s"] > 0
+    case, too_small = report[f"{card:g}"]["32x32"], report["0.5"]["32x32"]
+    assert too_small["status"] == "does not fit" and "even with every block streamed" in too_small["reason"]
+    assert case["status"] == "measured", case.get("reason")
+    assert case["settings"] | {"attention": "sdpa", "compile": False, "overlap_decode": False} == dict(
+        fp8_gemm=True, fp8_memory=True, offload_memory=True, block_offload=True, resident_blocks=1, attention="sdpa",
+        compile=False, overlap_decode=False)
+    assert case["measures"][-1] == "1 blocks kept on the GPU, the others streamed from host memory"
+    estimate = case["estimate"]
+    assert caps == [case["allocator_limit_bytes"], None, None]  # capped for the measured case, uncapped after each
+    assert case["allocator_limit_bytes"] == int(card * 2**30) - estimate["image_encoder"] - estimate["audio_encoder"]
+    assert case["estimated_gpu_bytes"] == sum(estimate.values())
+
+    block = vram.transformer_weights(config, torch.float32, fp8_gemm=True).block
+    assert case["streamed_blocks"] == 5 and case["denoiser_calls_per_chunk"] == 3
+    assert case["block_bytes_per_chunk"] == 5 * block * 3
+    # 3 windows (one per step) x 6 layers x (12 + 6) slots x 4 tokens (4x4 latents, 2x2 patches) x 64 channels x K, V in
+    # fp8 (1 byte; their float32 scales need no copy on a CPU)
+    assert case["window_bytes_per_chunk"] == 3 * 6 * 18 * 4 * 64 * 2
+    assert case["bytes_moved_per_chunk"] == case["block_bytes_per_chunk"] + case["window_bytes_per_chunk"]
+    assert case["offloaded_bytes"] >= 5 * block and case["host_rss_bytes"] > 10 * 2**20
+
+    assert case["video_frames_per_chunk"] == 32 and case["fps"] > 0 and case["precision"] == "fp8"
+    assert case["flops_per_chunk"] == pytest.approx(bench.flops_per_frame(*size, config=config) * 1e12 * 32)
+    assert case["utilisation"] == pytest.approx(case["flops_per_chunk"] / case["wall_s"] / 1978.9e12)
+    seconds = max(case["bytes_moved_per_chunk"] / 25e9, case["flops_per_chunk"] / (330.3e12 * case["utilisation"]))
+    assert case["rtx4090_fps_estimate"] == pytest.approx(32 / seconds)
+
+    suite_page = "# The 18B model on a GPU\n\nWhat the suite measured.\n"
+    page = bench.low_vram_page(report, suite_page)
+    assert page.startswith(suite_page) and "## On a 24 GB card" in page and too_small["reason"] in page
+    assert "**The RTX 4090 column is an estimate, not a measurement:**" in page
+    assert bench.low_vram_page(report, page) == page  # rewritten in place, not added again

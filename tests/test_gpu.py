@@ -1,5 +1,6 @@
-"""On a CUDA GPU only (skipped elsewhere, so in CI): the whole pipeline, encoders to decoded frames, on the GPU; and
-the fast kernels -- fp8 GEMMs, the attention kernels, the overlapped decode -- each against the plain path.
+"""On a CUDA GPU only (skipped elsewhere, so in CI): the whole pipeline, encoders to decoded frames, on the GPU; the
+fast kernels -- fp8 GEMMs, the attention kernels, the overlapped decode -- each against the plain path; and a smaller
+card's means -- blocks streamed from pinned memory, vram's count against the allocator's peak, the capped benchmark.
 
     pytest tests/test_gpu.py        on a machine with an NVIDIA GPU; needs no weights from the Hub
 """
@@ -7,6 +8,7 @@ the fast kernels -- fp8 GEMMs, the attention kernels, the overlapped decode -- e
 from __future__ import annotations
 
 import copy
+import gc
 
 import numpy as np
 import pytest
@@ -114,3 +116,90 @@ def test_the_gpu_benchmark_runs_a_small_config_on_the_gpu():
     assert report["variants"]["overlapped decode"]["relative_error_vs_bf16"] < 0.05  # fp8 memory: the window in e4m3
     assert report["variants"]["fp8 GEMM"]["relative_error_vs_bf16"] < 0.1
     print("\n" + bench.gpu_markdown(report))
+
+
+# -- a smaller card (issue #18): blocks streamed from host memory, the memory counted, the capped benchmark ----------
+
+SMALL = config_18b() | dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=32, text_len=16, image_dim=32,
+                            image_tokens=5, audio_channels=16, audio_layers=2, intermediate_dim=16, output_dim=16,
+                            context_tokens=4)  # head_dim 128, as released
+
+
+def test_blocks_streamed_from_pinned_memory_compute_what_resident_ones_do_on_the_gpu():
+    """Blocks 1-3 of 4 live in pinned host memory: each computes with its weights on the GPU (copied on a side stream
+    while the block before computes), and between calls they are back on the host -- all but the first streamed one,
+    already on its way for the next call. A block computing before its copy arrived would be far off."""
+    resident_model, model = make_tiny_model(num_layers=4).to("cuda"), make_tiny_model(num_layers=4)
+    model.enable_block_offload("cuda", resident=1)
+    streamed, on_gpu = model.block_streamer.streamed, []
+    for index, block in enumerate(model.blocks[1:]):  # after the streamer's hook: the block has arrived
+        block.register_forward_pre_hook(lambda *_, i=index: on_gpu.append(all(t.is_cuda for t in streamed[i].tensors)))
+    assert len(streamed) == 3 and all(host.is_pinned() for block in streamed for host in block.host)
+    reference = stream_latents(resident_model, chunks=3)
+    assert all(relative_error(a, b) < 1e-5 for a, b in zip(stream_latents(model, chunks=3), reference))
+    assert len(on_gpu) == 3 * 3 * 3 and all(on_gpu)  # 3 streamed blocks x 3 steps x 3 chunks
+    assert [block.on_device for block in streamed] == [True, False, False]
+    assert all(not t.is_cuda and t.data_ptr() == host.data_ptr()
+               for block in streamed[1:] for t, host in zip(block.tensors, block.host))
+    assert all(p.is_cuda for p in model.blocks[0].parameters()) and model.head.head.weight.is_cuda
+
+
+def test_the_vram_count_of_a_denoising_session_is_within_10_percent_of_its_gpu_peak():
+    """What vram.count says a session's denoising holds -- the transformer's weights, the 3 windows, the conditioning
+    and a steady chunk's transient peak -- against torch.cuda.max_memory_allocated over a session of 4 chunks (the
+    window compressed before the third). The VAE and the encoders are left out: the count's are the released ones, and
+    a decode's peak holds cuDNN's workspaces, which the count does not see. A mid-sized config (dim 1024, 8 layers, heads
+    of 128 as released) at 256x256, about 0.9 GiB counted: the tiny one's kilobytes would drown in what the count
+    leaves out (cuBLAS's workspace, tens of MiB; the allocator's rounding)."""
+    from liveact import bench, vram
+    from liveact.stream import StreamingSession
+    from liveact.transformer import LiveActTransformer
+
+    config, size, dtype = config_18b() | dict(dim=1024, ffn_dim=4096, num_heads=8, num_layers=8), (256, 256), torch.bfloat16
+    y, image, text, features = bench._stream_inputs(bench._meta_model(config).config, size, 4, "cuda", dtype)
+    gc.collect()
+    before = torch.cuda.memory_allocated()  # other tests' leftovers and the inputs (an encoder's outputs, freed)
+    with torch.device("cuda"):
+        model = LiveActTransformer.from_config(config).to(dtype).eval()
+    torch.cuda.reset_peak_memory_stats()  # past the float32 build: from the bf16 weights on
+    session = StreamingSession(model, y, image, text, generator=torch.Generator("cuda").manual_seed(0))
+    for _ in session.stream(features, 4):
+        pass
+    peak = torch.cuda.max_memory_allocated() - before
+    needs = vram.count(config, size, Options(dtype=dtype))
+    counted = needs.transformer + needs.memories + needs.context + vram.peak_activation_bytes(config, size, dtype).call
+    print(f"\nmeasured {peak / 2**20:.0f} MiB, counted {counted / 2**20:.0f} MiB ({peak / counted:.3f}x)")
+    assert abs(peak / counted - 1) < 0.1
+
+
+def test_the_low_vram_benchmark_runs_a_small_config_under_a_capped_allocator():
+    """`bench --gpu --low-vram`'s CUDA paths -- the allocator capped, the blocks and windows in pinned memory and their
+    bytes counted as they cross the bus, the device's memory read -- on a small config, in seconds, before the 18B run
+    spends its minutes. The card is one that vram.fit meets by keeping one block of six; the allocator gets 1 GiB more
+    than such a card would leave it, since a small card's 10% headroom cannot hold the CUDA context as a 24 GB one's
+    does."""
+    from liveact import bench, vram
+    from liveact.stream import StreamConfig
+
+    config, size = SMALL | dict(num_layers=6), (64, 64)
+    one_kept = Options(device="cuda", dtype=torch.bfloat16, text_encoder_on_cpu=True, fp8_gemm=FP8_GPU,
+                       block_offload=True, resident_blocks=1, stream=StreamConfig(fp8_memory=True, offload_memory=True))
+    card, limits = (vram.count(config, size, one_kept).total / vram.HEADROOM + 1024) / 2**30, []
+
+    def cap(limit):
+        limits.append(limit)
+        bench.cap_allocator("cuda", None if limit is None else limit + 2**30)
+
+    report = bench.gpu_low_vram((card,), sizes=(size,), chunks=4, device="cuda", config=config,
+                                vae_config=dict(base_dim=32), cap=cap, budget_s=None)
+    case = report[f"{card:g}"]["64x64"]
+    assert case["status"] == "measured", case.get("reason")
+    assert limits == [case["allocator_limit_bytes"], None] and case["settings"]["resident_blocks"] == 1
+    assert 0 < case["peak_gpu_bytes"] <= case["peak_reserved_bytes"] <= case["allocator_limit_bytes"] + 2**30
+    assert case["device_used_bytes"] > 0 and report["_run"]["h2d_bytes_per_s"] > 1e9
+    block = vram.transformer_weights(config, torch.bfloat16, FP8_GPU).block
+    assert case["streamed_blocks"] == 5 and case["block_bytes_per_chunk"] == 5 * block * 3
+    # 3 windows x 6 layers x (12 + 6) slots x 16 tokens x (256 fp8 channels + a float32 scale per head) x K, V
+    assert case["window_bytes_per_chunk"] == 3 * 6 * 18 * 16 * (256 + 2 * 4) * 2
+    assert case["rtx4090_fps_estimate"] > 0 and case["measured_over_estimated"] > 0
+    print("\n" + bench.low_vram_markdown(report))
