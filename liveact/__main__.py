@@ -281,7 +281,7 @@ def eval_command(args) -> int:
 
 
 def bench_command(args) -> int:
-    from . import bench
+    from . import bench, gpu_bench
     from .hub import LiveActError
 
     if args.gpu and (args.plot or args.long_minutes or args.flops or args.model != "tiny"):
@@ -296,9 +296,9 @@ def bench_command(args) -> int:
         return 2
     before = Path(args.markdown).read_text() if args.markdown and Path(args.markdown).exists() else ""
     if args.low_vram:  # docs/GPU.md holds both --gpu runs: each rewrites its part and keeps the other's
-        table, page = bench.low_vram_markdown, lambda report: bench.low_vram_page(report, before)
+        table, page = gpu_bench.low_vram_markdown, lambda report: gpu_bench.low_vram_page(report, before)
     elif args.gpu:
-        table, page = bench.gpu_markdown, lambda report: bench.gpu_page(report, before)
+        table, page = gpu_bench.gpu_markdown, lambda report: gpu_bench.gpu_page(report, before)
     else:
         table = page = bench.markdown
 
@@ -317,11 +317,11 @@ def bench_command(args) -> int:
 
             device = args.device or "cuda"
             if args.low_vram:
-                sizes = [parse_size(args.size)] if args.size else bench.LOW_VRAM_SIZES
-                report = bench.gpu_low_vram(args.low_vram, sizes, args.chunks or 10, device, budget_s=args.budget_s,
-                                            save=write)
+                sizes = [parse_size(args.size)] if args.size else gpu_bench.LOW_VRAM_SIZES
+                report = gpu_bench.gpu_low_vram(args.low_vram, sizes, args.chunks or 10, device, budget_s=args.budget_s,
+                                                save=write)
             else:
-                measure = bench.gpu_suite if args.suite else bench.gpu_speed
+                measure = gpu_bench.gpu_suite if args.suite else gpu_bench.gpu_speed
                 report = measure(parse_size(args.size or "512*512"), args.chunks or 6, device, budget_s=args.budget_s,
                                  save=write)
         else:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import run_liveact
-from liveact import bench
+from liveact import bench, gpu_bench
 from liveact.hub import config_18b
 
 
@@ -91,13 +91,13 @@ def test_the_gpu_suite_runs_every_variant_of_a_small_config_on_the_cpu(monkeypat
     is stood in for by nothing (inductor takes minutes here), the kernels fall back to their plain math."""
     from liveact.transformer import LiveActTransformer
 
-    first, second = (bench._random_18b(SMALL, "cpu", torch.float32, SMALL_VAE)[0].state_dict() for _ in range(2))
+    first, second = (gpu_bench._random_18b(SMALL, "cpu", torch.float32, SMALL_VAE)[0].state_dict() for _ in range(2))
     assert all(torch.equal(first[name], second[name]) for name in first)  # the same seed: every variant, the same weights
     monkeypatch.setattr(LiveActTransformer, "compile_blocks", lambda self: None)
     saved, threads = [], torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: on a loaded 2-core machine OpenMP's waiting threads make them 10x slower
     try:
-        report = bench.gpu_suite((32, 32), chunks=3, device="cpu", dtype=torch.float32, config=SMALL,
+        report = gpu_bench.gpu_suite((32, 32), chunks=3, device="cpu", dtype=torch.float32, config=SMALL,
                                  vae_config=SMALL_VAE, progress=lambda line: None,
                                  save=lambda r: saved.append(list(r["variants"])))
     finally:
@@ -117,11 +117,11 @@ def test_the_gpu_suite_runs_every_variant_of_a_small_config_on_the_cpu(monkeypat
     assert last["memory_window_bytes"] < before["memory_window_bytes"]  # fp8 memory
     assert {"sdpa", "sdpa-cudnn", "flash", "sage"} <= set(attention["backends"]) and attention["backends"]["sdpa"]["available"]
     report["command"] = "python -m liveact bench --gpu --suite"
-    page = bench.gpu_markdown(report)
+    page = gpu_bench.gpu_markdown(report)
     assert "`python -m liveact bench --gpu --suite`" in page and "## Attention kernels" in page and "## The target" in page
     assert all(f"| {name} |" in page for name in variants)
-    low_vram = "\n".join([bench.LOW_VRAM_MARKERS[0], "## On a 24 GB card", "", "measured apart", bench.LOW_VRAM_MARKERS[1]])
-    kept = bench.gpu_page(report, f"# An older page\n\n{low_vram}\n")  # the suite's page keeps the low-vram section
+    low_vram = "\n".join([gpu_bench.LOW_VRAM_MARKERS[0], "## On a 24 GB card", "", "measured apart", gpu_bench.LOW_VRAM_MARKERS[1]])
+    kept = gpu_bench.gpu_page(report, f"# An older page\n\n{low_vram}\n")  # the suite's page keeps the low-vram section
     assert kept.startswith(page.rstrip()) and kept.endswith(f"\n\n{low_vram}\n") and "older" not in kept
 
 
@@ -130,29 +130,29 @@ def test_a_gpu_run_stops_within_its_budget_and_says_what_it_skipped(monkeypatch)
     skipped, and named."""
     def measure(variant, *args):
         rows = [{"video_frames": 32, "denoise_s": 1.2, "decode_s": 0.3, "wall_s": 1.5}] * 4
-        return ({"settings": variant.settings, "build_s": 1.0, "warmup_s": 2.0, **bench._summary(rows),
+        return ({"settings": variant.settings, "build_s": 1.0, "warmup_s": 2.0, **gpu_bench._summary(rows),
                  "memory_window_bytes": 0, "peak_gpu_bytes": None, "total_s": 100.0}, torch.ones(3))
 
-    monkeypatch.setattr(bench, "_measure", measure)
+    monkeypatch.setattr(gpu_bench, "_measure", measure)
     saved = []
-    report = bench.gpu_speed((32, 32), chunks=4, device="cpu", config=SMALL, budget_s=50.0, progress=lambda line: None,
+    report = gpu_bench.gpu_speed((32, 32), chunks=4, device="cpu", config=SMALL, budget_s=50.0, progress=lambda line: None,
                              save=saved.append)
-    assert list(report["variants"]) == ["eager"] and report["skipped"] == [v.name for v in bench.GPU_VARIANTS[1:]]
+    assert list(report["variants"]) == ["eager"] and report["skipped"] == [v.name for v in gpu_bench.GPU_VARIANTS[1:]]
     assert len(saved) == 1 and report["variants"]["eager"]["fps"] == pytest.approx(32 / 1.5)
-    page = bench.gpu_markdown(report)
+    page = gpu_bench.gpu_markdown(report)
     assert "time budget of 50 s: fp8 memory, torch.compile" in page
     assert "met by no variant" in page and "first frame after 1.50 s > 1 s" in page  # 21.3 FPS, but 1.5 s to the first
 
 
 def test_a_low_vram_run_stops_within_its_budget_and_says_what_it_skipped(monkeypatch):
     """Each case here takes 1.5 s: with 2 s of budget a second would end past it, so it and the rest are skipped."""
-    monkeypatch.setattr(bench, "_low_vram_case", lambda case, *args: time.sleep(1.5) or case.update(
+    monkeypatch.setattr(gpu_bench, "_low_vram_case", lambda case, *args: time.sleep(1.5) or case.update(
         status="failed", reason="stood in for"))
-    monkeypatch.setattr(bench, "flops_per_frame", lambda *args, **kwargs: 30.0)
-    report = bench.gpu_low_vram((24, 16), device="cpu", config=SMALL, budget_s=2.0, progress=lambda line: None)
+    monkeypatch.setattr(gpu_bench, "flops_per_frame", lambda *args, **kwargs: 30.0)
+    report = gpu_bench.gpu_low_vram((24, 16), device="cpu", config=SMALL, budget_s=2.0, progress=lambda line: None)
     assert list(report) == ["_run", "24", "16"] and list(report["16"]) == ["416x720", "512x512"]
     assert [case["status"] for card in ("24", "16") for case in report[card].values()] == ["failed"] + ["skipped"] * 3
-    page = bench.low_vram_markdown(report)
+    page = gpu_bench.low_vram_markdown(report)
     assert "**24 GiB, 416x720** failed: stood in for." in page
     assert "**16 GiB, 512x512** skipped: not measured, to end within the time budget of 2 s." in page
 
@@ -170,7 +170,7 @@ def test_the_low_vram_command_writes_its_json_and_its_section_of_the_suites_page
         save(report)
         return report
 
-    monkeypatch.setattr(bench, "gpu_low_vram", measured)
+    monkeypatch.setattr(gpu_bench, "gpu_low_vram", measured)
     argv = ["bench", "--gpu", "--low-vram", "16", "--json", str(data), "--markdown", str(page)]
     assert main(argv) == 0
     report = json.loads(data.read_text())
@@ -216,7 +216,7 @@ def test_the_low_vram_run_streams_blocks_from_host_memory_and_counts_their_bytes
     caps, saved, threads = [], [], torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: see the suite's test above
     try:
-        report = bench.gpu_low_vram((card, 0.5), sizes=(size,), chunks=4, device="cpu", dtype=torch.float32, config=config,
+        report = gpu_bench.gpu_low_vram((card, 0.5), sizes=(size,), chunks=4, device="cpu", dtype=torch.float32, config=config,
                                     vae_config=SMALL_VAE, cap=caps.append, progress=lambda line: None,
                                     save=lambda r: saved.append(json.dumps(r)))
     finally:
@@ -251,7 +251,7 @@ def test_the_low_vram_run_streams_blocks_from_host_memory_and_counts_their_bytes
     assert case["rtx4090_fps_estimate"] == pytest.approx(32 / seconds)
 
     suite_page = "# The 18B model on a GPU\n\nWhat the suite measured.\n"
-    page = bench.low_vram_page(report, suite_page)
+    page = gpu_bench.low_vram_page(report, suite_page)
     assert page.startswith(suite_page) and "## On a 24 GB card" in page and too_small["reason"] in page
     assert "**The RTX 4090 column is an estimate, not a measurement:**" in page
-    assert bench.low_vram_page(report, page) == page  # rewritten in place, not added again
+    assert gpu_bench.low_vram_page(report, page) == page  # rewritten in place, not added again

@@ -98,16 +98,16 @@ def test_overlapped_decode_on_the_gpu_gives_the_same_frames():
 def test_the_gpu_benchmark_runs_a_small_config_on_the_gpu():
     """`bench --gpu --suite`'s CUDA paths (events, peak memory, fp8 GEMMs, the kernels, a decode stream of its own) on
     a small config, in seconds, before the 18B run spends its minutes; no compile (inductor takes minutes per config)."""
-    from liveact import bench
+    from liveact import gpu_bench
 
     config = config_18b() | dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=32, text_len=16, image_dim=32,
                                  image_tokens=5, audio_channels=16, audio_layers=2, intermediate_dim=16, output_dim=16,
                                  context_tokens=4)  # head_dim 128, as released
-    attention = bench.compare_attention("cuda", torch.bfloat16, queries=8 * 64, keys=14 * 64, heads=2, head_dim=128)
+    attention = gpu_bench.compare_attention("cuda", torch.bfloat16, queries=8 * 64, keys=14 * 64, heads=2, head_dim=128)
     assert attention["backends"]["sdpa"]["available"] and attention["backends"]["sdpa"]["relative_error"] < 0.01
-    variants = (bench.GpuVariant("eager"), bench.GpuVariant("fp8 GEMM", fp8_gemm=FP8_GPU, attention=attention["chosen"]),
-                bench.GpuVariant("overlapped decode", overlap_decode=True, fp8_memory=True))
-    report = bench.gpu_speed((64, 64), chunks=4, device="cuda", variants=variants, config=config,
+    variants = (gpu_bench.GpuVariant("eager"), gpu_bench.GpuVariant("fp8 GEMM", fp8_gemm=FP8_GPU, attention=attention["chosen"]),
+                gpu_bench.GpuVariant("overlapped decode", overlap_decode=True, fp8_memory=True))
+    report = gpu_bench.gpu_speed((64, 64), chunks=4, device="cuda", variants=variants, config=config,
                              vae_config=dict(base_dim=32), attention=attention)
     for name, r in report["variants"].items():
         assert r["peak_gpu_bytes"] > 0 and r["fps"] > 0 and r["time_to_first_frame_s"] > 0, name
@@ -115,7 +115,7 @@ def test_the_gpu_benchmark_runs_a_small_config_on_the_gpu():
     assert report["variants"]["eager"]["max_abs_error_vs_bf16"] == 0.0
     assert report["variants"]["overlapped decode"]["relative_error_vs_bf16"] < 0.05  # fp8 memory: the window in e4m3
     assert report["variants"]["fp8 GEMM"]["relative_error_vs_bf16"] < 0.1
-    print("\n" + bench.gpu_markdown(report))
+    print("\n" + gpu_bench.gpu_markdown(report))
 
 
 # -- a smaller card (issue #18): blocks streamed from host memory, the memory counted, the capped benchmark ----------
@@ -151,12 +151,12 @@ def test_the_vram_count_of_a_denoising_session_is_within_10_percent_of_its_gpu_p
     a decode's peak holds cuDNN's workspaces, which the count does not see. A mid-sized config (dim 1024, 8 layers, heads
     of 128 as released) at 256x256, about 0.9 GiB counted: the tiny one's kilobytes would drown in what the count
     leaves out (cuBLAS's workspace, tens of MiB; the allocator's rounding)."""
-    from liveact import bench, vram
+    from liveact import gpu_bench, vram
     from liveact.stream import StreamingSession
     from liveact.transformer import LiveActTransformer
 
     config, size, dtype = config_18b() | dict(dim=1024, ffn_dim=4096, num_heads=8, num_layers=8), (256, 256), torch.bfloat16
-    y, image, text, features = bench._stream_inputs(bench._meta_model(config).config, size, 4, "cuda", dtype)
+    y, image, text, features = gpu_bench._stream_inputs(gpu_bench._meta_model(config).config, size, 4, "cuda", dtype)
     gc.collect()
     before = torch.cuda.memory_allocated()  # other tests' leftovers and the inputs (an encoder's outputs, freed)
     with torch.device("cuda"):
@@ -178,7 +178,7 @@ def test_the_low_vram_benchmark_runs_a_small_config_under_a_capped_allocator():
     spends its minutes. The card is one that vram.fit meets by keeping one block of six; the allocator gets 1 GiB more
     than such a card would leave it, since a small card's 10% headroom cannot hold the CUDA context as a 24 GB one's
     does."""
-    from liveact import bench, vram
+    from liveact import gpu_bench, vram
     from liveact.stream import StreamConfig
 
     config, size = SMALL | dict(num_layers=6), (64, 64)
@@ -188,9 +188,9 @@ def test_the_low_vram_benchmark_runs_a_small_config_under_a_capped_allocator():
 
     def cap(limit):
         limits.append(limit)
-        bench.cap_allocator("cuda", None if limit is None else limit + 2**30)
+        gpu_bench.cap_allocator("cuda", None if limit is None else limit + 2**30)
 
-    report = bench.gpu_low_vram((card,), sizes=(size,), chunks=4, device="cuda", config=config,
+    report = gpu_bench.gpu_low_vram((card,), sizes=(size,), chunks=4, device="cuda", config=config,
                                 vae_config=dict(base_dim=32), cap=cap, budget_s=None)
     case = report[f"{card:g}"]["64x64"]
     assert case["status"] == "measured", case.get("reason")
@@ -202,4 +202,4 @@ def test_the_low_vram_benchmark_runs_a_small_config_under_a_capped_allocator():
     # 3 windows x 6 layers x (12 + 6) slots x 16 tokens x (256 fp8 channels + a float32 scale per head) x K, V
     assert case["window_bytes_per_chunk"] == 3 * 6 * 18 * 16 * (256 + 2 * 4) * 2
     assert case["rtx4090_fps_estimate"] > 0 and case["measured_over_estimated"] > 0
-    print("\n" + bench.low_vram_markdown(report))
+    print("\n" + gpu_bench.low_vram_markdown(report))
