@@ -340,7 +340,7 @@ def _session(model, vae, variant: GpuVariant, inputs: tuple, chunks: int,
     denoise with `overlap_decode` (`vae.decode_beside`). Per chunk: its video frames, denoise and decode seconds (on
     the GPU's streams: nothing waits for them), and the wall seconds since the chunk before came out (the first: since
     the session began). And the session."""
-    from .vae import decode_beside
+    from .vae import DecodeThread, decode_beside
 
     y, image, text, features = inputs
     gc.collect()  # whatever of the last session a reference cycle may still hold, before this one takes its memories
@@ -358,7 +358,7 @@ def _session(model, vae, variant: GpuVariant, inputs: tuple, chunks: int,
 
     rows, last = [], began
     for chunk, _, _ in decode_beside(_marked(session.stream(features, chunks), clock, denoised), decode,
-                                     variant.overlap_decode):
+                                     DecodeThread() if variant.overlap_decode else None):
         now = time.perf_counter()
         rows.append({"video_frames": len(chunk.video_frames), "wall_s": now - last})
         last = now

@@ -36,7 +36,7 @@ from .parallel import SequenceParallel
 from .stream import Chunk, ChunkGeometry, PromptEdit, StreamConfig, StreamingSession
 from .kernels import check_fp8_gemm
 from .transformer import LiveActTransformer
-from .vae import VideoAutoencoder, WanVAE, condition, decode_beside
+from .vae import DecodeThread, VideoAutoencoder, WanVAE, condition, decode_beside
 
 @dataclass
 class Options:
@@ -208,6 +208,7 @@ class LiveSession:
         self.pipe, self.session, self.features, self.portrait = pipe, session, features, portrait
         self.decoder = pipe.vae.streaming_decoder()
         self._audio_seconds: dict[int, float] = {}  # chunk index -> seconds its audio window took, until decoded
+        self._decode_thread = DecodeThread() if pipe.options.overlap_decode else None
 
     def feed(self, samples: np.ndarray, sample_rate: int = 16000) -> None:
         self.features.push(samples, sample_rate)
@@ -237,7 +238,7 @@ class LiveSession:
         if not decode:
             self._audio_seconds.pop(chunk.index)
             return None
-        return next(self._decoded([chunk], overlap=False))
+        return next(self._decoded([chunk], beside=False))
 
     def chunks_from_features(self, features: torch.Tensor, count: int) -> Iterator[VideoChunk]:
         """Chunks from precomputed per-frame features of a whole recording."""
@@ -255,10 +256,10 @@ class LiveSession:
         self._audio_seconds[self.session.chunk_index] = time.perf_counter() - began
         return self.session.next_chunk(window)
 
-    def _decoded(self, chunks, overlap: bool | None = None) -> Iterator[VideoChunk]:
-        """Decode each chunk (beside the next one's denoise with the pipeline's `overlap_decode`)."""
-        overlap = self.pipe.options.overlap_decode if overlap is None else overlap
-        for chunk, frames, decode_s in decode_beside(chunks, self._frames, overlap):
+    def _decoded(self, chunks, beside: bool = True) -> Iterator[VideoChunk]:
+        """Decode each chunk: on the session's decode thread, beside the next one's denoise, with `overlap_decode`."""
+        thread = self._decode_thread if beside else None
+        for chunk, frames, decode_s in decode_beside(chunks, self._frames, thread):
             timings = {"audio": self._audio_seconds.pop(chunk.index, 0.0), "denoise": chunk.seconds, "decode": decode_s}
             yield VideoChunk(chunk.index, frames, chunk.video_frames.start, sum(timings.values()), chunk.memory_bytes,
                              timings)

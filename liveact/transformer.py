@@ -349,7 +349,9 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
         for name, child in self.named_children():
             if name != "blocks":
                 child.to(device)
-        self.block_streamer = BlockStreamer(self.blocks, device, resident)
+        # the ConvKV filters are read between calls (memory_filters): tiny, they stay on the device
+        self.block_streamer = BlockStreamer(self.blocks, device, resident,
+                                            kept=("self_attn.memory_proj_k", "self_attn.memory_proj_v"))
 
     # -- conditioning, computed once and reused across calls ------------------------------------
 

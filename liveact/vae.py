@@ -45,43 +45,59 @@ class VideoAutoencoder(Protocol):
 Decoded = TypeVar("Decoded")
 
 
-def decode_beside(chunks: Iterable, decode: Callable[[torch.Tensor], Decoded], overlap: bool = False
-                  ) -> Iterator[tuple[object, Decoded, float]]:
-    """(chunk, decode(chunk.latents), decode seconds) for each chunk, in order. With `overlap`, chunk k decodes on a
-    thread of its own -- on a GPU, on a CUDA stream of its own -- while the caller's loop denoises chunk k+1, and is
-    handed out once chunk k+1 is under way; the decoder sees the same latents in the same order, so the frames are
-    the same as decoding after each denoise."""
-    if not overlap:
-        for chunk in chunks:
-            began = time.perf_counter()
-            decoded = decode(chunk.latents)
-            yield chunk, decoded, time.perf_counter() - began
-        return
-    side: dict[torch.device, torch.cuda.Stream] = {}  # one decode stream per device, made on first use
+class DecodeThread:
+    """A session's decode thread and, on a GPU, its CUDA stream: made once and reused for every chunk (a stream
+    per call would each keep a cached decode peak in the allocator)."""
 
-    def job(latents: torch.Tensor, denoised: torch.cuda.Event | None):
-        stream = side.setdefault(latents.device, torch.cuda.Stream(latents.device)) if latents.is_cuda else None
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="liveact-decode")  # one thread: chunks decode in order
+        self.streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def _stream(self, device: torch.device) -> torch.cuda.Stream:
+        if device not in self.streams:
+            self.streams[device] = torch.cuda.Stream(device)
+        return self.streams[device]
+
+    def submit(self, decode: Callable[[torch.Tensor], Decoded], latents: torch.Tensor):
+        """decode(latents) on the thread, after what the caller's stream has queued so far: (result, seconds)."""
+        denoised = None
+        if latents.is_cuda:  # the latents are written on the denoising stream
+            denoised = torch.cuda.Event()
+            denoised.record(torch.cuda.current_stream(latents.device))
+        return self.pool.submit(self._job, decode, latents, denoised)
+
+    def _job(self, decode, latents: torch.Tensor, denoised: torch.cuda.Event | None):
+        stream = self._stream(latents.device) if latents.is_cuda else None
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             if stream is not None:
-                stream.wait_event(denoised)  # the latents are written on the denoising stream
+                stream.wait_event(denoised)
                 latents.record_stream(stream)  # their memory is not reused before this stream is done with it
             began = time.perf_counter()
             decoded = decode(latents)  # ends on the host (frames): this stream has finished
             return decoded, time.perf_counter() - began
 
-    pending = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="liveact-decode") as pool:  # one thread: chunks decode in order
+
+def decode_beside(chunks: Iterable, decode: Callable[[torch.Tensor], Decoded], thread: DecodeThread | None = None
+                  ) -> Iterator[tuple[object, Decoded, float]]:
+    """(chunk, decode(chunk.latents), decode seconds) for each chunk, in order. With a `thread`, chunk k decodes on it
+    (on a GPU, on its CUDA stream) while the caller's loop denoises chunk k+1, and is handed out once chunk k+1 has
+    been queued; the decoder sees the same latents in the same order, so the frames are the same as decoding after
+    each denoise. (On a CPU the two share the cores and chunk k waits for chunk k+1: an option for GPUs.)"""
+    if thread is None:
         for chunk in chunks:
-            denoised = torch.cuda.Event() if chunk.latents.is_cuda else None
-            if denoised is not None:
-                denoised.record()
-            pending.append((chunk, pool.submit(job, chunk.latents, denoised)))
-            if len(pending) > 1:  # the next chunk is denoising: hand out the one before it
-                done, future = pending.popleft()
-                yield done, *future.result()
-        while pending:
+            began = time.perf_counter()
+            decoded = decode(chunk.latents)
+            yield chunk, decoded, time.perf_counter() - began
+        return
+    pending = deque()
+    for chunk in chunks:
+        pending.append((chunk, thread.submit(decode, chunk.latents)))
+        if len(pending) > 1:  # the next chunk is denoising: hand out the one before it
             done, future = pending.popleft()
             yield done, *future.result()
+    while pending:
+        done, future = pending.popleft()
+        yield done, *future.result()
 
 
 def condition(vae: VideoAutoencoder, image: torch.Tensor, window: int = 14) -> torch.Tensor:

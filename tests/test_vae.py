@@ -48,7 +48,7 @@ def test_decode_beside_decodes_chunk_k_while_chunk_k_plus_1_denoises():
     """The order of events, and the same results as decoding after each denoise."""
     import threading
 
-    from liveact.vae import decode_beside
+    from liveact.vae import DecodeThread, decode_beside
 
     events = []
 
@@ -68,7 +68,7 @@ def test_decode_beside_decodes_chunk_k_while_chunk_k_plus_1_denoises():
     def run(overlap):
         events.clear()
         made = []
-        for chunk, decoded, seconds in decode_beside(denoised(), decode, overlap):
+        for chunk, decoded, seconds in decode_beside(denoised(), decode, DecodeThread() if overlap else None):
             events.append(f"out {chunk.index}")
             made.append(decoded.tolist())
             assert seconds >= 0
