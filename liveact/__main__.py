@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--offload-memory", action="store_true", help="keep the key/value memory in CPU memory")
     gen.add_argument("--block-offload", action="store_true", help="stream transformer blocks from CPU memory")
     gen.add_argument("--low-vram", type=float, metavar="GIB", help="fit a GPU of this many GiB: the cheapest of "
-                     "--t5-cpu, --fp8-gemm, --fp8-memory, --offload-memory and streamed blocks that fit (printed)")
+                     "--t5-cpu, --fp8-memory, --fp8-gemm, --offload-memory and streamed blocks that fit (printed)")
     gen.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     gen.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",

@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     workers = args.workers or default_workers(args.model)
     options = Options(compile=args.compile, fp8_gemm=args.fp8_gemm, overlap_decode=args.overlap_decode,
-                      attention=args.attention, low_vram=args.low_vram and float(args.low_vram))
+                      attention=args.attention, low_vram=args.low_vram)
     studio = Studio(args.model, workers=workers, wav2vec=args.wav2vec, size=args.size, device=args.device,
                     options=options)
     examples = Path(tempfile.gettempdir()) / "liveact-examples"

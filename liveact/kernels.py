@@ -111,6 +111,16 @@ class Fp8Linear(nn.Module):
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
+    def _apply(self, fn, recurse=True):
+        """`.to(device)` moves the fp8 weight and its float32 scales, but `.to(dtype)` must not cast them (the GPU
+        kernel takes e4m3 and float32 only): they move to the new device in their own dtypes."""
+        originals = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, original in originals.items():
+            if self._buffers[name].dtype != original.dtype:
+                self._buffers[name] = original.to(self._buffers[name].device)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, scale = _to_fp8(x.reshape(-1, self.in_features))  # [tokens, in], [tokens, 1]
         if x.is_cuda and x.dtype == torch.bfloat16 and self.in_features % 16 == 0 and self.out_features % 16 == 0:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .audio import AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, decode_audio, featurize, save_wav
+from .audio import (SAMPLE_RATE, AudioFeaturizer, MelFeatures, StreamingFeatures, Wav2Vec2Features, decode_audio, featurize,
+                    save_wav)
 from .autoencoder import load_autoencoder
 from .encoders import ImageEncoder, TextEncoder, center_crop_resize, image_to_tensor
 from . import release, vram
@@ -111,7 +112,7 @@ class LiveActPipeline:
             height, width = parse_size(size)
             live = start(Image.new("RGB", (width, height), (128, 128, 128)), seed=0, size=size)
             video_frames = self.geometry.chunk_video_frames(2).stop  # chunks 0, 1 and 2
-            live.feed(np.zeros(int(video_frames / self.fps * 16000) + 1, np.float32), 16000)
+            live.feed(np.zeros(int(video_frames / self.fps * SAMPLE_RATE) + 1, np.float32), SAMPLE_RATE)
             live.finish()
             for _ in live.chunks():
                 pass
@@ -305,7 +306,7 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
         world, name = parallel.world if parallel else 1, preset.name if preset else str(model)
         if options.low_vram:
             options = _fit(config, (height, width), options, world, name, progress=parallel is None or parallel.rank == 0)
-        check_gpu(options.device, vram.count(config, (height, width), options, world).total, name,
+        check_gpu(options.device, vram.count(config, (height, width), options, world).total / vram.HEADROOM, name,
                   lambda total: _low_vram_hint(config, (height, width), options, world, total))
     components = resolve(model, wav2vec)
     settings.update(components.settings)
@@ -318,15 +319,19 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     return pipe
 
 
+def _has_fp8_gemm(device: str) -> bool:
+    try:
+        check_fp8_gemm(device)
+        return True
+    except ValueError:  # an older card: fp8 GEMMs are not among the measures
+        return False
+
+
 def _fit(config: dict, size: tuple[int, int], options: Options, world: int, name: str, progress: bool) -> Options:
     """--low-vram GIB: the cheapest measures that fit (vram.fit), said in one line; one sentence when none do."""
     try:
-        check_fp8_gemm(options.device)
-        fp8_gemm = True
-    except ValueError:  # an older card: fp8 GEMMs are not among the measures
-        fp8_gemm = False
-    try:
-        fitted, measures = vram.fit(config, size, options, int(options.low_vram * 2**30), fp8_gemm, world)
+        fitted, measures = vram.fit(config, size, options, int(options.low_vram * 2**30), _has_fp8_gemm(options.device),
+                                    world)
     except ValueError as error:
         raise LiveActError(f"{name} does not fit {options.low_vram:g} GiB: {error}.") from None
     if progress:
@@ -336,10 +341,10 @@ def _fit(config: dict, size: tuple[int, int], options: Options, world: int, name
 
 def _low_vram_hint(config: dict, size: tuple[int, int], options: Options, world: int, total: int) -> str:
     """What to add when a GPU of `total` bytes is too small for `options`."""
-    gib = total / 2**30
     try:
-        vram.fit(config, size, options, total, world=world)
-        return f"add --low-vram {gib:.0f} (it streams what does not fit), or use two GPUs (torchrun --nproc-per-node 2)."
+        vram.fit(config, size, options, total, _has_fp8_gemm(options.device), world)
+        return (f"add --low-vram {total / 2**30:.0f} (it streams what does not fit), or use two GPUs "
+                f"(torchrun --nproc-per-node 2).")
     except ValueError:
         return "use two GPUs (torchrun --nproc-per-node 2 -m liveact generate ...) or a larger one."
 

@@ -25,6 +25,15 @@ def test_an_fp8_linear_is_close_to_its_linear_and_not_equal():
     assert 1e-4 < relative_error(fp8, exact) < 0.05  # e4m3 keeps 3 mantissa bits: a few % per product, averaged
 
 
+def test_an_fp8_linear_keeps_its_fp8_weight_and_float32_scales_through_a_cast():
+    layer = Fp8Linear(nn.Linear(32, 16))
+    weight, scale = layer.weight.clone(), layer.weight_scale.clone()
+    layer.to(torch.bfloat16)
+    assert layer.bias.dtype == torch.bfloat16
+    assert layer.weight.dtype == torch.float8_e4m3fn and torch.equal(layer.weight.float(), weight.float())
+    assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, scale)
+
+
 def test_per_row_scales_keep_small_rows_when_one_row_is_huge():
     """One token 1e5 times larger than the rest: a per-tensor scale would flush the others to zero."""
     torch.manual_seed(0)

@@ -184,11 +184,15 @@ def test_low_vram_takes_the_cheapest_measures_that_fit():
     plenty = vram.count(config, size, bf16).total
     options, measures = vram.fit(config, size, bf16, int(plenty / vram.HEADROOM) + 1)
     assert options == bf16 and measures == []  # it fits as it is
+    order = [name for name, _ in vram._measures(fp8_gemm=True)]
     for gib in (24, 48):
         options, measures = vram.fit(config, size, bf16, gib * 2**30)
         assert vram.count(config, size, options).total <= vram.HEADROOM * gib * 2**30
+        taken = [m for m in measures if m in order]
+        assert taken == order[:len(taken)]  # cheapest first, none skipped
         fewer = vram.fit(config, size, bf16, gib * 2**30, fp8_gemm=False)[1]
-        assert "fp8 GEMMs" in measures and "fp8 GEMMs" not in fewer  # only where the card has fp8 tensor cores
+        assert "fp8 GEMMs" not in fewer  # only where the card has fp8 tensor cores
+    assert "fp8 GEMMs" in vram.fit(config, size, bf16, 24 * 2**30)[1]
     small, measures24 = vram.fit(config, size, bf16, 24 * 2**30)
     assert small.block_offload and 0 < small.resident_blocks < 40 and small.text_encoder_on_cpu
     with pytest.raises(ValueError, match="even with every block streamed"):
