@@ -275,10 +275,12 @@ class LiveSession:
 
 def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None,
          size: str | Sequence[int] | None = None, fps: float | None = None, options: Options | None = None,
-         wav2vec: str | Path | None = None, collective_timeout: float | None = None) -> LiveActPipeline:
+         wav2vec: str | Path | None = None, collective_timeout: float | None = None,
+         warm_up: bool = True) -> LiveActPipeline:
     """Load a preset or a model folder (the released LiveAct folder, or part folders) into a pipeline; `wav2vec`
     is the wav2vec2 folder (the reference's --wav2vec_dir); `collective_timeout`: seconds a rank of a parallel run
-    waits for the others in a collective before it raises. Errors are one actionable sentence (LiveActError)."""
+    waits for the others in a collective before it raises; `warm_up`: with `compile`, compile the chunk shapes now
+    (a worker pool does it itself, once every rank has loaded). Errors are one actionable sentence (LiveActError)."""
     preset = PRESETS.get(str(model))
     released = is_released(model)
     options = options or Options()
@@ -314,7 +316,7 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     if size is None and "size" in components.settings:
         height, width = components.settings["size"]
     pipe = _assemble(components, options, fps or settings.get("fps", 20), (height, width), parallel)
-    if options.compile:  # compile every chunk shape now, not in the first session's chunks (each rank alike)
+    if options.compile and warm_up:  # compile every chunk shape now, not in the first session's chunks (each rank alike)
         pipe.warm_up(progress=print if parallel is None or parallel.rank == 0 else lambda _: None)
     return pipe
 

@@ -135,16 +135,24 @@ class WorkerPool:
         """`load_kwargs` go to `liveact.load` on every rank (device, wav2vec, ...). `chunk_timeout`: seconds a rank
         waits in a collective for the others before the session fails (a helper that died is noticed at once)."""
         self.model, self.world, self.chunk_timeout = model, world, chunk_timeout
-        self.load_kwargs = {**load_kwargs, "collective_timeout": chunk_timeout}
+        self.load_kwargs = {**load_kwargs, "collective_timeout": chunk_timeout, "warm_up": False}  # see _warm_up
         self.session: MirroredSession | None = None  # the one the helpers follow
         self._spawn()
         try:
             with _rank_environment(0, world, self.port):
                 self.pipe: LiveActPipeline = load(model, **self.load_kwargs)  # the rendezvous waits for every helper
             self._wait_ready()
+            self._warm_up()
         except Exception:
             self._stop(wait=0)
             raise
+
+    def _warm_up(self) -> None:
+        """With --compile: every rank compiles the chunk shapes together, through the pool, once all have loaded (a
+        rank warming up alone would wait in a collective for helpers still reading the weights)."""
+        if self.pipe.options.compile:
+            self.pipe.warmed_sizes.clear()
+            self.pipe.warm_up(start=self.start)
 
     def _spawn(self) -> None:
         """Start the helpers on a fresh rendezvous port, with fresh queues (a killed helper may leave one locked)."""
@@ -202,10 +210,8 @@ class WorkerPool:
         try:
             with _rank_environment(0, self.world, self.port):
                 self.pipe.parallel = SequenceParallel.from_env(self.pipe.options.device, self.chunk_timeout)
-            if self.pipe.options.compile:  # the helpers' load() warms up (compiles); this rank meets their collectives
-                self.pipe.warmed_sizes.clear()
-                self.pipe.warm_up(progress=lambda _: None)
             self._wait_ready()
+            self._warm_up()
         except Exception:
             self._stop(wait=0)  # the next session tries again
             raise
