@@ -184,17 +184,11 @@ class _WithinChunks:
 
 
 def memory_window_bytes(height: int, width: int, fp8: bool, config: dict | None = None) -> int:
-    """Bytes of the 3 per-step key/value windows of the 18B config at a resolution (one GPU)."""
-    from .memory import ConvKVMemory
-    from .transformer import LiveActTransformer
+    """Bytes of a session's key/value windows (one per denoising step) of the 18B config at a resolution, one GPU."""
+    from . import vram
 
-    config = config or config_18b()
-    with torch.device("meta"):
-        cfg = LiveActTransformer.from_config(config).config
-    tokens_per_frame = (height // 16) * (width // 16)
-    memory = ConvKVMemory(cfg.num_layers, tokens_per_frame, cfg.num_heads, cfg.dim // cfg.num_heads, fp8=fp8,
-                          dtype=torch.bfloat16, device="meta")
-    return 3 * memory.nbytes
+    stream = StreamConfig(fp8_memory=fp8)
+    return vram.memory_count(stream) * vram.memory_bytes(config or config_18b(), (height, width), stream)
 
 
 def cost_18b() -> dict:
