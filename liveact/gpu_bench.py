@@ -257,13 +257,8 @@ def _build(variant: GpuVariant, config: dict, vae_config: dict | None, device: s
     home = device if not variant.block_offload or _holds_whole(config, dtype, device) else "cpu"
     model, vae = _random_18b(config, home, dtype, vae_config)
     vae.vae.to(device)
-    model.set_attention_backend(variant.attention)
-    if variant.fp8_gemm:
-        model.enable_fp8_gemm()
-    if variant.block_offload:
-        model.enable_block_offload(device, variant.resident_blocks)
-    if variant.compile:
-        model.compile_blocks()
+    model.prepare(device, variant.attention, variant.fp8_gemm, variant.block_offload, variant.resident_blocks,
+                  variant.compile)
     return model, vae
 
 

@@ -371,13 +371,8 @@ def _assemble(parts: Components, options: Options, fps: float, size: tuple[int, 
               parallel: SequenceParallel | None) -> LiveActPipeline:
     device, dtype = options.device, options.dtype
     transformer = load_transformer(parts["transformer"], device="cpu" if options.block_offload else device, dtype=dtype)
-    transformer.set_attention_backend(options.attention)
-    if options.fp8_gemm:
-        transformer.enable_fp8_gemm()
-    if options.block_offload:
-        transformer.enable_block_offload(device, options.resident_blocks)
-    if options.compile:
-        transformer.compile_blocks()
+    transformer.prepare(device, options.attention, options.fp8_gemm, options.block_offload, options.resident_blocks,
+                        options.compile)
     text_device = "cpu" if options.text_encoder_on_cpu else device
     read_parts = release.load_parts if parts.released else _load_parts
     vae, image_encoder, text_encoder = read_parts(parts, device, text_device, dtype, transformer.config.text_len)

@@ -335,6 +335,18 @@ class LiveActTransformer(ModelMixin, ConfigMixin):
                     if isinstance(child, nn.Linear):
                         setattr(parent, name, Fp8Linear(child))
 
+    def prepare(self, device: torch.device | str, attention: str = "sdpa", fp8_gemm: bool = False,
+                block_offload: bool = False, resident_blocks: int = 0, compile: bool = False) -> None:
+        """A loaded model's run-time settings, in the order they must come: the attention kernel; fp8 GEMMs before
+        offloading (the fp8 weights are what streams); offloading before compiling (the graphs see streamed blocks)."""
+        self.set_attention_backend(attention)
+        if fp8_gemm:
+            self.enable_fp8_gemm()
+        if block_offload:
+            self.enable_block_offload(device, resident_blocks)
+        if compile:
+            self.compile_blocks()
+
     def compile_blocks(self) -> None:
         """torch.compile each block on its own (the --compile flag): the block loop and the memory's
         bookkeeping between blocks stay eager Python."""
