@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .bench import H100_PEAK_TFLOPS, flops_per_frame, machine, rss_bytes
 from .hub import check_gpu, config_18b
+from .kernels import has_fp8_gemm
 from .stream import StreamConfig, StreamingSession
 
 # -- 4. the 18B model on a GPU, random weights -----------------------------------------------------
@@ -434,7 +435,7 @@ def gpu_low_vram(caps_gib: Sequence[float] = (24, 16), sizes: Sequence[tuple[int
     config, cap = config or config_18b(), cap or (lambda limit: cap_allocator(device, limit))
     run = {"machine": machine(), "commit": git_commit(), "torch": torch.__version__,
            "dtype": str(dtype).removeprefix("torch."), "chunks": chunks, "budget_s": budget_s,
-           "fp8_gemm": _has_fp8_gemm(device), "h2d_bytes_per_s": h2d_bytes_per_s(device)}
+           "fp8_gemm": has_fp8_gemm(device), "h2d_bytes_per_s": h2d_bytes_per_s(device)}
     report, cfg, tflops_per_frame, longest = {"_run": run}, _meta_model(config).config, {}, 0.0
     for gib in caps_gib:
         for size in sizes:
@@ -578,17 +579,6 @@ def _outside_allocator(device: str) -> int:
     holds them too, and a cap on the allocator does not count them (0 on a CPU)."""
     used = _device_used(device)
     return 0 if used is None else used - torch.cuda.memory_reserved(device)
-
-
-def _has_fp8_gemm(device: str) -> bool:
-    """Whether `device` multiplies in fp8 (Ada, Hopper; a CPU runs the same math dequantised)."""
-    from .kernels import check_fp8_gemm
-
-    try:
-        check_fp8_gemm(device)
-    except ValueError:
-        return False
-    return True
 
 
 def git_commit() -> str:

@@ -91,6 +91,15 @@ def check_fp8_gemm(device: torch.device | str) -> None:
                          f"{torch.cuda.get_device_name(device)} has none: leave out --fp8-gemm.")
 
 
+def has_fp8_gemm(device: torch.device | str) -> bool:
+    """Whether `device` multiplies in fp8 (Ada, Hopper; a CPU runs the same math dequantised)."""
+    try:
+        check_fp8_gemm(device)
+    except ValueError:
+        return False
+    return True
+
+
 def _to_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[rows, K] -> (e4m3 values, one float32 scale per row [rows, 1]): per-row scaling keeps an outlier token or
     output channel from flattening every other row to zero."""

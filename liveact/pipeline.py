@@ -35,7 +35,7 @@ from .hub import (PRESETS, Components, LiveActError, check_gpu, config_18b, load
 from .inputs import Limits, check_edits, check_prompt, read_portrait
 from .parallel import SequenceParallel
 from .stream import Chunk, ChunkGeometry, PromptEdit, StreamConfig, StreamingSession
-from .kernels import check_fp8_gemm
+from .kernels import check_fp8_gemm, has_fp8_gemm
 from .transformer import LiveActTransformer
 from .vae import DecodeThread, VideoAutoencoder, WanVAE, condition, decode_beside
 
@@ -321,18 +321,10 @@ def load(model: str | Path = "tiny", *, device: str | None = None, dtype: torch.
     return pipe
 
 
-def _has_fp8_gemm(device: str) -> bool:
-    try:
-        check_fp8_gemm(device)
-        return True
-    except ValueError:  # an older card: fp8 GEMMs are not among the measures
-        return False
-
-
 def _fit(config: dict, size: tuple[int, int], options: Options, world: int, name: str, progress: bool) -> Options:
     """--low-vram GIB: the cheapest measures that fit (vram.fit), said in one line; one sentence when none do."""
     try:
-        fitted, measures = vram.fit(config, size, options, int(options.low_vram * 2**30), _has_fp8_gemm(options.device),
+        fitted, measures = vram.fit(config, size, options, int(options.low_vram * 2**30), has_fp8_gemm(options.device),
                                     world)
     except ValueError as error:
         raise LiveActError(f"{name} does not fit {options.low_vram:g} GiB: {error}.") from None
@@ -344,7 +336,7 @@ def _fit(config: dict, size: tuple[int, int], options: Options, world: int, name
 def _low_vram_hint(config: dict, size: tuple[int, int], options: Options, world: int, total: int) -> str:
     """What to add when a GPU of `total` bytes is too small for `options`."""
     try:
-        vram.fit(config, size, options, total, _has_fp8_gemm(options.device), world)
+        vram.fit(config, size, options, total, has_fp8_gemm(options.device), world)
         return (f"add --low-vram {total / 2**30:.0f} (it streams what does not fit), or use two GPUs "
                 f"(torchrun --nproc-per-node 2).")
     except ValueError:
